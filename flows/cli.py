@@ -1,0 +1,39 @@
+"""``unlearn``: the command line of UnlearnOps.
+
+Bad input (``InputError``) prints ``error: <field>: <reason>`` and exits 2;
+nothing is written before validation passes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from flows.commands import bench, data
+
+COMMAND_GROUPS = (data, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    from unlearn_core.errors import InputError
+
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over unlearn_core (plus GX validation and DVC versioning)."""

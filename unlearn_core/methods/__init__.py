@@ -1,0 +1,19 @@
+"""Method registry: name -> class. Adding a method = one module + one line here."""
+from __future__ import annotations
+
+from ..errors import InputError
+from .base import ForgetRequest, UnlearnMethod, UnlearnResult
+from .lra_npp import LraNpp
+from .retrain import Retrain
+
+METHODS: dict[str, type[UnlearnMethod]] = {cls.name: cls for cls in (LraNpp, Retrain)}
+
+
+def get_method(name: str) -> type[UnlearnMethod]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InputError("method", f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["METHODS", "ForgetRequest", "UnlearnMethod", "UnlearnResult", "get_method"]

@@ -1,0 +1,24 @@
+"""Exact retraining from scratch on the retain set: the reference baseline."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..config import TrainParams
+from ..models import build_model
+from ..training import train_classifier
+from .base import ForgetRequest, UnlearnMethod
+
+
+class Retrain(UnlearnMethod):
+    """Train a fresh model of the same architecture on D_r with the base schedule."""
+
+    name = "retrain"
+    Params = TrainParams
+
+    def _run(self, model: nn.Module, request: ForgetRequest) -> tuple[nn.Module, dict]:
+        p = self.params
+        retain = request.retain
+        fresh = build_model(request.arch, request.num_classes, retain.x.shape[1]).to(self.device)
+        train_classifier(fresh, retain.x, retain.y, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                         seed=p.seed + request.seed, weight_decay=p.weight_decay)
+        return fresh, {"n_retain": len(retain)}
