@@ -80,3 +80,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise InputError(str(path), f"not valid YAML ({exc})") from None
     return parse_params(raw, source=path.name)
+
+
+def method_config(params: Params, method: str) -> dict:
+    """The params.yaml section of a method (section name = registry name), or {}.
+
+    Methods declared as typed sections above come back dumped; methods that
+    live in their own modules validate their section with their own ``Params``.
+    """
+    section = getattr(params, method, None)
+    if section is None:
+        section = (params.model_extra or {}).get(method)
+    if isinstance(section, BaseModel):
+        return section.model_dump()
+    if section is not None and not isinstance(section, dict):
+        raise InputError(f"params.yaml: {method}", f"expected a mapping, got {type(section).__name__}")
+    return dict(section or {})
