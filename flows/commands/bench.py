@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+# Other benchmark groups: modules in flows/commands/ exposing ``register_bench(kinds)``,
+# which adds their ``unlearn bench NAME`` sub-command to ``kinds``.
+BENCH_MODULES: tuple[str, ...] = ()
+
 
 def _class_list(text: str) -> list[int]:
     try:
@@ -22,9 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     lra.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
     lra.add_argument("--out", required=True, help="output directory")
     lra.set_defaults(handler=_lra_npp)
+    import importlib
+
+    for module in BENCH_MODULES:
+        importlib.import_module(f"flows.commands.{module}").register_bench(kinds)
 
 
-def _dataset(data_dir):
+def load_bench_dataset(data_dir):
+    """The dataset directory given, or MNIST-5k built in a temporary directory."""
     import tempfile
 
     from unlearn_core.data import build_mnist5k, load_dataset
@@ -43,7 +52,7 @@ def _lra_npp(args) -> int:
     if args.seeds < 1:
         raise InputError("--seeds", "must be >= 1")
     params = load_params(args.params)
-    ds = _dataset(args.data)
+    ds = load_bench_dataset(args.data)
     for c in args.classes:
         if not 0 <= c < ds.num_classes:
             raise InputError("--classes", f"class {c} is not in the label set 0..{ds.num_classes - 1}")
