@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from flows.commands import bench, data
+from flows.commands import bench, data, services
 
-COMMAND_GROUPS = (data, bench)
+COMMAND_GROUPS = (data, bench, services)
 
 
 def build_parser() -> argparse.ArgumentParser:
