@@ -1,0 +1,337 @@
+"""Durable deletion-request queue: one SQLite file in WAL mode, safe for several processes.
+
+Every state change goes through :data:`TRANSITIONS` and is recorded in an
+``events`` table (the request's audit history). A claim hands out a
+:class:`Lease` whose fencing token is the id of its claim event, so tokens grow
+across the whole queue; ``ack``/``fail`` with a token that is no longer the
+row's current one raise :class:`LeaseLost` and change nothing. A lease that
+expires (its worker died) makes the request claimable again, which is how a
+killed request is redelivered and still ends with exactly one ``done``.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import Params, method_config
+from .errors import InputError
+from .requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
+
+STATES = ("pending", "leased", "done", "dead_letter", "rejected")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"leased", "rejected"}),
+    # leased -> leased: an expired lease claimed again by another worker
+    "leased": frozenset({"leased", "done", "pending", "dead_letter", "rejected"}),
+    "done": frozenset(),
+    "dead_letter": frozenset(),
+    "rejected": frozenset(),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    fence INTEGER,
+    worker_id TEXT,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_error TEXT,
+    result TEXT,
+    details TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_claimable ON requests (state, seq);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    worker_id TEXT,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS events_request ON events (request_id, id);
+"""
+
+
+class QueueParams(BaseModel):
+    """The ``queue`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    lease_seconds: float = Field(300.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1024)  # for SubmitContext
+
+
+_DEFAULTS = QueueParams()
+
+
+def queue_params(params: Params) -> QueueParams:
+    """The validated ``queue`` section of params.yaml (defaults when absent)."""
+    try:
+        return QueueParams.model_validate(method_config(params, "queue"))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"params.yaml: queue.{'.'.join(map(str, err['loc']))}", err["msg"]) from None
+
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, request_id: str, from_state: str, to_state: str):
+        self.request_id, self.from_state, self.to_state = request_id, from_state, to_state
+        super().__init__(f"request {request_id}: illegal transition {from_state} -> {to_state}")
+
+
+class LeaseLost(RuntimeError):
+    """The lease expired and the request was claimed again (or finished) by someone else."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    request: DeletionRequest
+    worker_id: str
+    attempt: int
+    fence: int  # fencing token: strictly increasing over all claims of the queue
+    expires_at: float
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+class RequestQueue:
+    """Deletion requests with leases, attempts and a dead letter; see the module docstring.
+
+    Each call opens its own connection, so one instance may be shared by
+    threads and the file by processes. ``clock`` returns epoch seconds.
+    """
+
+    def __init__(self, path: str | Path, lease_seconds: float = _DEFAULTS.lease_seconds,
+                 max_attempts: int = _DEFAULTS.max_attempts,
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
+        if lease_seconds <= 0:
+            raise InputError("lease_seconds", "must be > 0")
+        if max_attempts < 1:
+            raise InputError("max_attempts", "must be >= 1")
+        self.path = Path(path)
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self.busy_timeout_s = busy_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    @classmethod
+    def from_params(cls, path: str | Path, params: QueueParams, **kwargs) -> "RequestQueue":
+        return cls(path, lease_seconds=params.lease_seconds, max_attempts=params.max_attempts, **kwargs)
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock from its first statement."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @staticmethod
+    def _row(con: sqlite3.Connection, request_id: str) -> sqlite3.Row:
+        row = con.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise InputError("request_id", f"no request {request_id!r} in the queue")
+        return row
+
+    def _move(self, con: sqlite3.Connection, row: sqlite3.Row, to: str, now: float,
+              worker_id: str | None = None, note: str | None = None, **cols: Any) -> int:
+        """Apply one checked transition; returns the id of its event."""
+        if to not in TRANSITIONS[row["state"]]:
+            raise IllegalTransition(row["request_id"], row["state"], to)
+        event = con.execute(
+            "INSERT INTO events (request_id, at, from_state, to_state, worker_id, note) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (row["request_id"], now, row["state"], to, worker_id, note)).lastrowid
+        cols = {"state": to, "updated_at": now, **cols}
+        sets = ", ".join(f"{name} = ?" for name in cols)
+        con.execute(f"UPDATE requests SET {sets} WHERE request_id = ?", (*cols.values(), row["request_id"]))
+        return event
+
+    @staticmethod
+    def _current(con: sqlite3.Connection, lease: Lease) -> sqlite3.Row:
+        row = RequestQueue._row(con, lease.request_id)
+        if row["state"] != "leased" or row["fence"] != lease.fence:
+            raise LeaseLost(f"request {lease.request_id}: lease {lease.fence} of {lease.worker_id!r} "
+                            f"is no longer current (state {row['state']}, fence {row['fence']})")
+        return row
+
+    # ------------------------------------------------------------ API
+
+    def enqueue(self, request: DeletionRequest) -> tuple[str, bool]:
+        """Add a request; the same idempotency key returns the existing id with created=False."""
+        now = self.clock()
+        with self._write() as con:
+            old = con.execute("SELECT request_id, payload FROM requests WHERE idempotency_key = ?",
+                              (request.idempotency_key,)).fetchone()
+            if old is not None:
+                if DeletionRequest.model_validate_json(old["payload"]).content_key() != request.content_key():
+                    raise InputError("idempotency_key", f"already used by request {old['request_id']} "
+                                                        "for a different deletion")
+                return old["request_id"], False
+            if con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request.request_id,)).fetchone():
+                raise InputError("request_id", f"{request.request_id} is already in the queue")
+            con.execute("INSERT INTO requests (request_id, idempotency_key, payload, state, created_at, "
+                        "updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                        (request.request_id, request.idempotency_key, request.to_json(), now, now))
+            con.execute("INSERT INTO events (request_id, at, to_state) VALUES (?, ?, 'pending')",
+                        (request.request_id, now))
+        return request.request_id, True
+
+    def claim(self, worker_id: str) -> Lease | None:
+        """Lease the oldest pending or lease-expired request, or None if there is none."""
+        return self._claim(worker_id, None)
+
+    def claim_id(self, request_id: str, worker_id: str) -> Lease | None:
+        """Lease one given request; None if it is finished or leased by a live worker."""
+        return self._claim(worker_id, request_id)
+
+    def _claim(self, worker_id: str, request_id: str | None) -> Lease | None:
+        now = self.clock()
+        where = "(state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?))"
+        with self._write() as con:
+            while True:
+                if request_id is None:
+                    row = con.execute(f"SELECT * FROM requests WHERE {where} ORDER BY seq LIMIT 1",
+                                      (now,)).fetchone()
+                else:
+                    self._row(con, request_id)
+                    row = con.execute(f"SELECT * FROM requests WHERE request_id = ? AND {where}",
+                                      (request_id, now)).fetchone()
+                if row is None:
+                    return None
+                if row["attempts"] < self.max_attempts:
+                    break
+                # its last worker died holding the lease: no attempts left
+                self._move(con, row, "dead_letter", now, note="lease expired on the last attempt",
+                           worker_id=None, lease_expires_at=None,
+                           last_error=f"lease of {row['worker_id']!r} expired after {row['attempts']} attempts")
+                if request_id is not None:
+                    return None
+            attempt = row["attempts"] + 1
+            expires = now + self.lease_seconds
+            note = "redelivered: lease expired" if row["state"] == "leased" else None
+            fence = self._move(con, row, "leased", now, worker_id=worker_id, note=note,
+                               attempts=attempt, lease_expires_at=expires)
+            con.execute("UPDATE requests SET fence = ?, worker_id = ? WHERE request_id = ?",
+                        (fence, worker_id, row["request_id"]))
+        request = DeletionRequest.model_validate_json(row["payload"])
+        return Lease(request, worker_id, attempt, fence, expires)
+
+    def heartbeat(self, lease: Lease) -> bool:
+        """Extend a current lease; False if it was lost (stop working on the request then)."""
+        now = self.clock()
+        with self._write() as con:
+            cur = con.execute("UPDATE requests SET lease_expires_at = ?, updated_at = ? WHERE request_id = ? "
+                              "AND state = 'leased' AND fence = ?",
+                              (now + self.lease_seconds, now, lease.request_id, lease.fence))
+            return cur.rowcount == 1
+
+    def ack(self, lease: Lease, result: dict) -> None:
+        """Mark the request done with its (JSON-serialisable, ids-only) result."""
+        now = self.clock()
+        with self._write() as con:
+            row = self._current(con, lease)
+            self._move(con, row, "done", now, worker_id=lease.worker_id, lease_expires_at=None,
+                       result=json.dumps(result, sort_keys=True))
+
+    def fail(self, lease: Lease, error: str) -> str:
+        """Record a failed attempt: back to pending, or dead_letter after max_attempts. Returns the state."""
+        now = self.clock()
+        with self._write() as con:
+            row = self._current(con, lease)
+            to = "pending" if row["attempts"] < self.max_attempts else "dead_letter"
+            self._move(con, row, to, now, worker_id=lease.worker_id, note=error[:500],
+                       lease_expires_at=None, last_error=error)
+        return to
+
+    def reject(self, request_id: str, details: dict, lease: Lease | None = None) -> None:
+        """Validation failed: terminal ``rejected`` with the reasons. With ``lease``, only if still current."""
+        now = self.clock()
+        if lease is not None and lease.request_id != request_id:
+            raise InputError("lease", f"lease is for {lease.request_id}, not {request_id}")
+        with self._write() as con:
+            row = self._current(con, lease) if lease is not None else self._row(con, request_id)
+            self._move(con, row, "rejected", now, worker_id=lease.worker_id if lease else None,
+                       lease_expires_at=None, details=json.dumps(details, sort_keys=True))
+
+    def status(self, request_id: str) -> dict[str, Any]:
+        with self._connect() as con:
+            row = self._row(con, request_id)
+            events = con.execute("SELECT * FROM events WHERE request_id = ? ORDER BY id",
+                                 (request_id,)).fetchall()
+        return {**self._view(row), "history": [
+            {"at": _iso(e["at"]), "from": e["from_state"], "to": e["to_state"],
+             "worker_id": e["worker_id"], "note": e["note"]} for e in events]}
+
+    def list(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Requests in enqueue order, optionally only those in ``states``."""
+        states = list(STATES if states is None else states)
+        for state in states:
+            if state not in STATES:
+                raise InputError("states", f"unknown state {state!r}; known: {', '.join(STATES)}")
+        marks = ", ".join("?" * len(states))
+        with self._connect() as con:
+            rows = con.execute(f"SELECT * FROM requests WHERE state IN ({marks}) ORDER BY seq", states).fetchall()
+        return [self._view(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._connect() as con:
+            found = dict(con.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
+        return {state: found.get(state, 0) for state in STATES}
+
+    def _view(self, row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "request_id": row["request_id"],
+            "idempotency_key": row["idempotency_key"],
+            "state": row["state"],
+            "attempts": row["attempts"],
+            "max_attempts": self.max_attempts,
+            "worker_id": row["worker_id"],
+            "fence": row["fence"],
+            "lease_expires_at": _iso(row["lease_expires_at"]),
+            "created_at": _iso(row["created_at"]),
+            "updated_at": _iso(row["updated_at"]),
+            "last_error": row["last_error"],
+            "result": json.loads(row["result"]) if row["result"] else None,
+            "details": json.loads(row["details"]) if row["details"] else None,
+            "request": json.loads(row["payload"]),
+        }
