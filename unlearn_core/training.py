@@ -14,6 +14,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
     """Index batches over n items; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -25,7 +30,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
                      batch_size: int = 64, seed: int = 0, weight_decay: float = 0.0,
                      params=None, optimizer: str = "adam", progress: bool = False) -> nn.Module:
     """Cross-entropy training of ``model`` (or only ``params`` of it) in place."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     gen = seed_everything(seed)
     params = list(params) if params is not None else list(model.parameters())
     if optimizer == "adam":
@@ -48,7 +53,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 
@@ -56,7 +61,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> 
 @torch.no_grad()
 def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = [model.features(x[i:i + batch_size].to(device)).float().cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0)

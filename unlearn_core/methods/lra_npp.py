@@ -35,7 +35,8 @@ def substitute_overlap(substitute: torch.Tensor, train_ids) -> list[int]:
 def head_relevance(head: nn.Linear, features: torch.Tensor, target: torch.Tensor,
                    epsilon: float) -> torch.Tensor:
     """LRP-epsilon relevance of each head input neuron for the target logit, per image."""
-    probe = nn.Sequential(nn.Linear(head.in_features, head.out_features)).to(features.device)
+    probe = nn.Sequential(nn.Linear(head.in_features, head.out_features, bias=head.bias is not None))
+    probe = probe.to(features.device)
     probe[0].load_state_dict(head.state_dict())
     probe[0].rule = EpsilonRule(epsilon=epsilon)
     return LRP(probe).attribute(features.clone().requires_grad_(True), target=target).detach()
@@ -132,5 +133,5 @@ class LraNpp(UnlearnMethod):
         if p.scope == "with_incoming":
             prev = previous_linear(model)
             apply(prev.weight.T, None, idx_dev)  # the path neurons' incoming rows (a view)
-            if prev.bias is not None:
-                prev.bias[idx_dev] = 0.0 if p.perturbation == "zero" else prev.bias[idx_dev]
+            if prev.bias is not None and p.perturbation == "zero":
+                prev.bias[idx_dev] = 0.0

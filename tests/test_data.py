@@ -1,0 +1,101 @@
+"""MNIST-5k determinism, content ids, subjects, tombstones and the folder loaders."""
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unlearn_core.data import (build_mnist5k, hash_images, load_cifar10_folder, load_dataset,
+                               load_image_folder, load_mnist_folder, read_manifest, read_tombstones,
+                               tombstone)
+from unlearn_core.errors import InputError
+
+
+def test_build_is_byte_deterministic(mnist_dir, tmp_path):
+    again = build_mnist5k(tmp_path / "again")
+    for name in ("images.npy", "labels.npy", "manifest.csv", "tombstones.csv"):
+        assert (again / name).read_bytes() == (mnist_dir / name).read_bytes(), name
+
+
+def test_manifest_ids_are_content_hashes_and_split_is_stratified(mnist_dir, mnist):
+    images = np.load(mnist_dir / "images.npy")
+    manifest = read_manifest(mnist_dir)
+    assert len(manifest) == len(images) == 5000
+    assert [r["sample_id"] for r in manifest[:20]] == hash_images(images[:20])
+    assert len(mnist.train) == 4000 and len(mnist.test) == 1000
+    assert np.bincount(mnist.test.y.numpy()).tolist() == [100] * 10
+    assert not set(mnist.train.ids) & set(mnist.test.ids)
+    assert float(mnist.train.x.min()) == 0.0 and float(mnist.train.x.max()) == 1.0
+
+
+def test_subjects_own_several_training_samples(mnist):
+    subjects, counts = np.unique(mnist.train.subjects, return_counts=True)
+    assert len(subjects) == 800 and set(counts) == {5}
+    assert set(mnist.test.subjects) == {""}
+
+
+def test_tombstone_removes_bytes_and_hides_ids(mnist_dir, tmp_path):
+    work = build_mnist5k(tmp_path / "d")
+    before = load_dataset(work)
+    doomed = list(before.train.ids[:3])
+    doomed_bytes = [(before.train.x[i] * 255).round().byte().numpy().tobytes() for i in range(3)]
+    assert tombstone(work, doomed, request_id="req-1") == 3
+    after = load_dataset(work)
+    assert len(after.train) == len(before.train) - 3
+    assert not set(doomed) & after.all_ids()
+    assert {t["sample_id"] for t in read_tombstones(work)} == set(doomed)
+    raw = (work / "images.npy").read_bytes()
+    assert all(b not in raw for b in doomed_bytes)
+    # idempotent: tombstoning the same ids again removes nothing more
+    assert tombstone(work, doomed, request_id="req-2") == 0
+    assert len(read_tombstones(work)) == 3
+
+
+def _write_idx(path, array, magic_type=0x08):
+    header = struct.pack(">HBB", 0, magic_type, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_folder_loader_reads_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 7), ("t10k", 3)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8))
+    x, y = load_mnist_folder(tmp_path, train=True)
+    assert x.shape == (7, 1, 28, 28) and x.dtype == np.uint8
+    assert y.tolist() == list(range(7))
+    x_test, _ = load_mnist_folder(tmp_path, train=False)
+    assert len(x_test) == 3
+    with pytest.raises(InputError, match="root"):
+        load_mnist_folder(tmp_path / "empty", train=True)
+
+
+def test_cifar10_folder_loader_reads_pickled_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({b"data": data, b"labels": [3, 1, 4, 1]}, fh)
+    x, y = load_cifar10_folder(tmp_path, train=False)
+    assert x.shape == (4, 3, 32, 32) and np.array_equal(x.reshape(4, -1), data)
+    assert y.tolist() == [3, 1, 4, 1]
+    with pytest.raises(InputError, match="data_batch_1"):
+        load_cifar10_folder(tmp_path, train=True)
+
+
+def test_image_folder_loader_and_shape_check(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    x, y, classes = load_image_folder(tmp_path)
+    assert x.shape == (4, 1, 28, 28) and classes == ["cat", "dog"] and y.tolist() == [0, 0, 1, 1]
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "dog" / "bad.png")
+    with pytest.raises(InputError, match="expected 28x28"):
+        load_image_folder(tmp_path)

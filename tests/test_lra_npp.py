@@ -1,0 +1,96 @@
+"""LRA-NPP on the real trained CNN: forgets the class, keeps the rest, refuses training data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_core.errors import InputError
+from unlearn_core.methods import ForgetRequest, get_method
+from unlearn_core.methods.lra_npp import head_relevance, neuronal_path
+from unlearn_core.metrics import acc
+
+FORGET = 3
+
+
+def class_request(mnist, substitute=None, forget_class=FORGET) -> ForgetRequest:
+    if substitute is None:
+        substitute = mnist.test.x[mnist.test.y == forget_class]
+    return ForgetRequest("class", mnist.train, (mnist.train.y == forget_class).numpy(), mnist.num_classes,
+                         "mnist_cnn", forget_class=forget_class, substitute=substitute)
+
+
+def split_by_class(split, c):
+    in_c = (split.y == c).numpy()
+    return split.subset(np.flatnonzero(in_c)), split.subset(np.flatnonzero(~in_c))
+
+
+def test_lra_npp_forgets_class_and_keeps_retained_accuracy(mnist, trained_cnn):
+    before = {k: trained_cnn.head.weight.detach().clone() for k in ("w",)}
+    model, result = get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist))
+    forget_train, _ = split_by_class(mnist.train, FORGET)
+    _, retained_test = split_by_class(mnist.test, FORGET)
+    assert acc(trained_cnn, forget_train) > 0.9
+    assert acc(model, forget_train) <= 0.05
+    assert acc(model, retained_test) >= acc(trained_cnn, retained_test) - 0.02
+    # only W_out[c, path] changed, and the input model is untouched
+    assert torch.equal(trained_cnn.head.weight, before["w"])
+    changed = (model.head.weight != trained_cnn.head.weight).nonzero()
+    assert set(changed[:, 0].tolist()) == {FORGET}
+    assert sorted(changed[:, 1].tolist()) == sorted(result.details["path"])
+    assert len(result.details["path"]) == 80
+    assert result.time_s > 0 and result.method == "lra_npp"
+
+
+def test_scope_all_classes_zeroes_the_path_columns(mnist, trained_cnn):
+    model, result = get_method("lra_npp")(trained_cnn, {"scope": "all_classes"}, device="cpu").unlearn(
+        class_request(mnist))
+    path = result.details["path"]
+    assert torch.count_nonzero(model.head.weight[:, path]) == 0
+
+
+def test_with_incoming_zeroes_incoming_rows(mnist, trained_cnn):
+    model, result = get_method("lra_npp")(trained_cnn, {"scope": "with_incoming"}, device="cpu").unlearn(
+        class_request(mnist))
+    path = result.details["path"]
+    assert torch.count_nonzero(model.fc1.weight[path]) == 0
+    assert torch.count_nonzero(model.fc1.bias[path]) == 0
+
+
+def test_relevance_and_path_by_hand():
+    head = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.0, 0.0, 1.0, 0.0]]))
+    features = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 3.0, 1.0, 2.0]])
+    rel = head_relevance(head, features, torch.tensor([0, 0]), epsilon=0.1)
+    # epsilon rule on one linear layer: R_i = x_i w_0i * z_0 / (z_0 + eps)
+    z = torch.tensor([2.0, 4.0])
+    expected = features * head.weight[0] * (z / (z + 0.1))[:, None]
+    assert torch.allclose(rel, expected, atol=1e-5)
+    path, counts = neuronal_path(rel, analyze_top_n=1, perturb_top_n=1)
+    assert path == [1] and counts.tolist() == [0, 2, 0, 0]
+
+
+def test_refuses_substitutes_from_the_training_set(mnist, trained_cnn):
+    leaked = torch.cat([mnist.test.x[mnist.test.y == FORGET][:5], mnist.train.x[mnist.train.y == FORGET][:2]])
+    with pytest.raises(InputError, match=r"substitute: 2 substitute image\(s\) are in the training set"):
+        get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist, leaked))
+
+
+@pytest.mark.parametrize("substitute, message", [
+    (torch.empty(0, 1, 28, 28), "none given"),
+    (torch.zeros(3, 1, 32, 32), "shape"),
+    (torch.full((3, 1, 28, 28), 2.0), r"\[0, 1\]"),
+])
+def test_rejects_bad_substitutes(mnist, trained_cnn, substitute, message):
+    with pytest.raises(InputError, match=message):
+        get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist, substitute))
+
+
+def test_rejects_class_outside_label_set_and_bad_config(mnist, trained_cnn):
+    with pytest.raises(InputError, match="forget_class"):
+        get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist, forget_class=10))
+    with pytest.raises(InputError, match="lra_npp.perturb_top_n"):
+        get_method("lra_npp")(trained_cnn, {"perturb_top_n": "many"})
+    with pytest.raises(InputError, match="method"):
+        get_method("nope")
