@@ -25,50 +25,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from tasks.registry import DEFAULT_BUCKET, DEFAULT_REGION, S3Config
 from unlearn_core.errors import InputError
 
-DEFAULT_BUCKET = "unlearnops"
-DEFAULT_REGION = "us-east-1"
 STATE_ENV = "UNLEARNOPS_STATE_DIR"
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_ENV) or Path.home() / ".unlearnops").expanduser()
-
-
-@dataclass(frozen=True)
-class S3Config:
-    """Where the DVC remote lives. The keys are kept out of ``repr``."""
-
-    endpoint_url: str
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-    bucket: str = DEFAULT_BUCKET
-    region: str = DEFAULT_REGION
-
-    @classmethod
-    def from_env(cls, env: dict | None = None) -> "S3Config":
-        """Production: ``UNLEARNOPS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-        optional ``UNLEARNOPS_S3_BUCKET`` and ``AWS_REGION``."""
-        env = os.environ if env is None else env
-        for name in ("UNLEARNOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            if not env.get(name):
-                raise InputError(name, "environment variable is not set")
-        return cls(env["UNLEARNOPS_S3_ENDPOINT"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
-                   env.get("UNLEARNOPS_S3_BUCKET") or DEFAULT_BUCKET, env.get("AWS_REGION") or DEFAULT_REGION)
-
-    def client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                                          connect_timeout=2, read_timeout=10))
 
 
 def s3_config(state_dir: str | Path | None = None) -> S3Config:
@@ -92,6 +59,7 @@ def free_port() -> int:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind; TIME_WAIT is fine
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -1,0 +1,468 @@
+"""Registry workspace: models, dataset versions and lineage in a git + DVC repo, remote = S3.
+
+Plain Python (no Prefect), so flows wrap it in tasks and tests call it directly.
+Layout of a workspace (never the project checkout)::
+
+    data/ + data.dvc                       the dataset directory (tombstoned per request)
+    models/<name>/model.pt + .dvc          one file per model, a new md5 per version
+    lineage/<name>/v<N>.json               lineage of version N, semver ``v0.0.<N>``
+    .dvc/config                            remote url + endpointurl (committed)
+    .dvc/config.local                      endpoint + keys (git-ignored, rewritten on open)
+
+GTO conventions: ``<name>@v0.0.<N>`` registers a version, ``<name>#prod#<k>``
+assigns a stage. A version is committed by ``commit_version``, uploaded by
+``push`` and only then registered/promoted: ``promote`` refuses while the
+version's model or data objects are missing from the remote.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from unlearn_core.errors import InputError
+
+REMOTE = "storage"
+DEFAULT_BUCKET = "unlearnops"
+DEFAULT_REGION = "us-east-1"
+GIT_USER = ("UnlearnOps registry", "registry@unlearnops.invalid")
+_SAMPLE_ID = re.compile(r"^[0-9a-f]{64}$")
+_PROJECT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where the DVC remote lives. The keys are kept out of ``repr``."""
+
+    endpoint_url: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    bucket: str = DEFAULT_BUCKET
+    region: str = DEFAULT_REGION
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "S3Config":
+        """Production: ``UNLEARNOPS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+        optional ``UNLEARNOPS_S3_BUCKET`` and ``AWS_REGION``."""
+        env = os.environ if env is None else env
+        for name in ("UNLEARNOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if not env.get(name):
+                raise InputError(name, "environment variable is not set")
+        return cls(env["UNLEARNOPS_S3_ENDPOINT"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                   env.get("UNLEARNOPS_S3_BUCKET") or DEFAULT_BUCKET, env.get("AWS_REGION") or DEFAULT_REGION)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name=self.region,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                                          connect_timeout=2, read_timeout=10))
+
+
+class RegistryParams(BaseModel):
+    """``registry:`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    remote_prefix: str = Field("registry", min_length=1)
+    s3_max_attempts: int = Field(2, ge=1)
+    s3_connect_timeout: int = Field(5, ge=1)
+
+
+class PushError(RuntimeError):
+    """``dvc push`` failed (S3 unreachable, auth refused, ...). Safe to retry."""
+
+
+class PromoteError(RuntimeError):
+    """A version cannot get a stage (its objects are not on the remote, or it is unknown)."""
+
+
+class RegistryError(RuntimeError):
+    """A git/dvc command failed inside the workspace."""
+
+
+@dataclass
+class Version:
+    name: str
+    semver: str
+    number: int
+    git_sha: str
+    model_md5: str
+    data_md5: str
+    request_id: str | None = None
+    registered: bool = False
+    stages: list[str] = field(default_factory=list)
+    lineage: dict = field(default_factory=dict, repr=False)
+
+
+def semver(number: int) -> str:
+    return f"v0.0.{number}"
+
+
+def _number(version: "Version | str | int") -> int:
+    if isinstance(version, Version):
+        return version.number
+    if isinstance(version, int):
+        return version
+    match = re.fullmatch(r"v?0\.0\.(\d+)|v(\d+)", str(version))
+    if not match:
+        raise InputError("version", f"{version!r} is not a registry version (v0.0.N)")
+    return int(match.group(1) or match.group(2))
+
+
+class RegistryWorkspace:
+    """A git + DVC repo whose DVC remote is ``s3://<bucket>/<remote_prefix>``."""
+
+    def __init__(self, path: str | Path, s3: S3Config, params: dict | None = None):
+        self.path = Path(path).expanduser().resolve()
+        if self.path.is_relative_to(_PROJECT) and (_PROJECT / "pyproject.toml").exists():
+            raise InputError("path", f"{self.path} is inside the project checkout; use a directory outside it")
+        try:
+            self.params = RegistryParams.model_validate(params or {})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InputError("params.yaml: registry." + ".".join(map(str, err["loc"])), err["msg"]) from None
+        self.s3 = s3
+        if self.exists():
+            self._write_local_config(self.path)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def exists(self) -> bool:
+        return (self.path / ".dvc").is_dir() and (self.path / ".git").exists()
+
+    def _env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # keys come from config.local
+        env.update(DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0",
+                   AWS_MAX_ATTEMPTS=str(self.params.s3_max_attempts), AWS_RETRY_MODE="standard")
+        return env
+
+    def _run(self, *cmd: str, cwd: Path | None = None, error=RegistryError) -> str:
+        proc = subprocess.run(cmd, cwd=cwd or self.path, env=self._env(), capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = self._scrub((proc.stderr or proc.stdout).strip())[-800:]
+            raise error(f"`{' '.join(cmd[:3])}` failed (exit {proc.returncode}): {tail}")
+        return proc.stdout
+
+    def _git(self, *args: str, cwd: Path | None = None) -> str:
+        return self._run("git", *args, cwd=cwd)
+
+    def _dvc(self, *args: str, cwd: Path | None = None, error=RegistryError) -> str:
+        return self._run("dvc", *args, cwd=cwd, error=error)
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self.s3.access_key, self.s3.secret_key):
+            text = text.replace(secret, "***")
+        return text
+
+    def _write_local_config(self, repo: Path) -> None:
+        """Endpoint and keys of the current S3 into ``.dvc/config.local`` (git-ignored, 0600)."""
+        local = repo / ".dvc" / "config.local"
+        text = (f'[\'remote "{REMOTE}"\']\n    endpointurl = {self.s3.endpoint_url}\n'
+                f"    access_key_id = {self.s3.access_key}\n    secret_access_key = {self.s3.secret_key}\n"
+                f"    region = {self.s3.region}\n")
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(local, 0o600)
+
+    @contextmanager
+    def _lock(self):
+        """One writer at a time per workspace (flows may run concurrently)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _md5(self, dvc_file: str, rev: str | None = None) -> str:
+        text = self._git("show", f"{rev}:{dvc_file}") if rev else (self.path / dvc_file).read_text()
+        return yaml.safe_load(text)["outs"][0]["md5"]
+
+    def _model_rel(self, name: str) -> str:
+        return f"models/{name}/model.pt"
+
+    def _lineage_rel(self, name: str, number: int) -> str:
+        return f"lineage/{name}/v{number}.json"
+
+    def _check_name(self, name: str) -> None:
+        from gto.constants import assert_name_is_valid
+
+        try:
+            assert_name_is_valid(name)
+        except Exception as exc:  # noqa: BLE001 - gto's ValidationError
+            raise InputError("model_name", f"{name!r} is not a valid GTO artifact name ({exc})") from None
+
+    def _numbers(self, name: str) -> list[int]:
+        folder = self.path / "lineage" / name
+        return sorted(int(p.stem[1:]) for p in folder.glob("v*.json")) if folder.is_dir() else []
+
+    def _lineage_json(self, lineage: dict) -> str:
+        try:
+            text = json.dumps(lineage, indent=2, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InputError("lineage", f"must be plain JSON data (ids, numbers, strings): {exc}") from None
+        if self.s3.secret_key in text or self.s3.access_key in text:
+            raise InputError("lineage", "contains an S3 key; secrets never go into lineage")
+        return text
+
+    def _commit_model(self, name: str, number: int, model_path: Path, lineage: dict, message: str) -> str:
+        """Copy the model in, dvc add model + data, write lineage with both md5s, git commit."""
+        rel = self._model_rel(name)
+        (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_path, self.path / rel)
+        self._dvc("add", "-q", rel, "data")
+        lineage = {**lineage, "model_name": name, "version": semver(number),
+                   "model": {"path": rel, "md5": self._md5(rel + ".dvc")},
+                   "data": {"path": "data", "md5": self._md5("data.dvc")}}
+        lin = self.path / self._lineage_rel(name, number)
+        lin.parent.mkdir(parents=True, exist_ok=True)
+        lin.write_text(self._lineage_json(lineage) + "\n")
+        self._git("add", rel + ".dvc", str(Path(rel).parent / ".gitignore"), "data.dvc", ".gitignore",
+                  str(lin.relative_to(self.path)))
+        self._git("commit", "-q", "-m", message)
+        return self._git("rev-parse", "HEAD").strip()
+
+    # ---------------------------------------------------------------- API
+
+    def init_from(self, data_dir: str | Path, model_path: str | Path, model_name: str, lineage: dict) -> Version:
+        """Create the workspace with the base dataset and model as v0.0.1, push it, register it and
+        assign ``prod``."""
+        data_dir, model_path = Path(data_dir), Path(model_path)
+        self._check_name(model_name)
+        if not (data_dir / "manifest.csv").is_file():
+            raise InputError("data_dir", f"{data_dir} is not a dataset directory (no manifest.csv)")
+        if not model_path.is_file():
+            raise InputError("model_path", f"{model_path} is not a file")
+        if self.exists():
+            raise InputError("path", f"{self.path} is already a registry workspace")
+        if self.path.exists() and any(self.path.iterdir()):
+            raise InputError("path", f"{self.path} exists and is not empty")
+        self._lineage_json(lineage)
+        with self._lock():
+            self._git("init", "-q", "-b", "main")
+            self._git("config", "user.name", GIT_USER[0])
+            self._git("config", "user.email", GIT_USER[1])
+            self._dvc("init", "-q")
+            url = f"s3://{self.s3.bucket}/{self.params.remote_prefix}"
+            self._dvc("remote", "add", "-d", REMOTE, url)
+            self._dvc("remote", "modify", REMOTE, "endpointurl", self.s3.endpoint_url)
+            self._dvc("remote", "modify", REMOTE, "connect_timeout", str(self.params.s3_connect_timeout))
+            self._write_local_config(self.path)
+            shutil.copytree(data_dir, self.path / "data")
+            self._git("add", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
+            base = {**lineage, "parent": None, "request_id": None, "deleted_sample_ids": [],
+                    "created_at": _now()}
+            self._commit_model(model_name, 1, model_path, base, f"{model_name} {semver(1)}: base model")
+        self.push()
+        self.register(model_name, 1)
+        self.promote(model_name, 1)
+        return self.version(model_name, 1)
+
+    def commit_version(self, model_name: str, model_path: str | Path, request_id: str, lineage: dict,
+                       deleted_sample_ids, dataset_change: Callable[[Path], object] | None = None) -> Version:
+        """Commit a new version: dataset change applied to ``data/``, the model, lineage. No push."""
+        self._check_name(model_name)
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise InputError("model_path", f"{model_path} is not a file")
+        if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", str(request_id)):
+            raise InputError("request_id", "expected 1-128 characters of [A-Za-z0-9._:-]")
+        ids = sorted(set(deleted_sample_ids))
+        bad = [i for i in ids if not (isinstance(i, str) and _SAMPLE_ID.match(i))]
+        if bad:
+            raise InputError("deleted_sample_ids", f"{len(bad)} entries are not sha256 sample ids")
+        self._lineage_json(lineage)
+        if not self.exists():
+            raise InputError("path", f"{self.path} is not a registry workspace (call init_from first)")
+        with self._lock():
+            numbers = self._numbers(model_name)
+            if not numbers:
+                raise InputError("model_name", f"no model {model_name!r} in {self.path}")
+            number = numbers[-1] + 1
+            parent = self.version(model_name, numbers[-1])
+            rec = {**lineage, "request_id": request_id, "deleted_sample_ids": ids, "created_at": _now(),
+                   "parent": {"version": parent.semver, "git_sha": parent.git_sha,
+                              "model_md5": parent.model_md5, "data_md5": parent.data_md5}}
+            try:
+                if dataset_change is not None:
+                    dataset_change(self.path / "data")
+                sha = self._commit_model(model_name, number, model_path, rec,
+                                         f"{model_name} {semver(number)}: request {request_id}")
+            except BaseException:
+                self._restore()
+                raise
+        return self.version(model_name, number, sha)
+
+    def _restore(self) -> None:
+        """Undo a half-made version: files back to the last commit."""
+        self._git("checkout", "-q", "HEAD", "--", ".")
+        self._git("clean", "-qfd", "--", "lineage")
+        self._dvc("checkout", "-q", "--force")
+
+    def push(self) -> None:
+        """Upload every committed version's objects (``dvc push --all-commits``)."""
+        self._dvc("push", "-q", "--all-commits", error=PushError)
+
+    def missing_on_remote(self, model_name: str, version) -> list[str]:
+        """Object names (md5s) of a version that the remote lacks; raises PushError if unreachable."""
+        from dvc.repo import Repo
+
+        number = _number(version)
+        sha = self._sha(model_name, number)
+        rel = self._model_rel(model_name)
+        env = self._env()
+        saved = {k: os.environ.get(k) for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "DVC_NO_ANALYTICS")}
+        os.environ.update({k: env[k] for k in saved})
+        try:
+            with Repo(str(self.path)) as repo, repo.switch(sha):
+                used = repo.used_objs([rel + ".dvc", "data.dvc"], force=True, push=True)
+                missing = []
+                for odb, ids in used.items():
+                    if odb is None:
+                        st = repo.cloud.status(ids, remote=REMOTE)
+                        missing += [h.obj_name for h in (*st.new, *st.missing)]
+        except Exception as exc:  # noqa: BLE001 - any failure to reach/read the remote
+            raise PushError(f"cannot check the remote: {self._scrub(str(exc))[:500]}") from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return sorted(missing)
+
+    def register(self, model_name: str, version) -> str:
+        """``gto register``: tag ``<name>@v0.0.N`` on the version's commit. Returns the tag."""
+        import gto.api
+
+        number = _number(version)
+        sha = self._sha(model_name, number)
+        tag = f"{model_name}@{semver(number)}"
+        with self._lock():
+            if tag not in self._tags(model_name):
+                self._wait_next_second(model_name)
+                gto.api.register(str(self.path), model_name, sha, version=semver(number),
+                                 author=GIT_USER[0], author_email=GIT_USER[1])
+        return tag
+
+    def promote(self, model_name: str, version, stage: str = "prod") -> str:
+        """``gto assign``: give the version ``stage``; refuses unless its objects are on the remote."""
+        import gto.api
+
+        number = _number(version)
+        try:
+            missing = self.missing_on_remote(model_name, number)
+        except PushError as exc:
+            raise PromoteError(f"{model_name} {semver(number)} not promoted: {exc}") from None
+        if missing:
+            raise PromoteError(f"{model_name} {semver(number)} not promoted: {len(missing)} objects are not "
+                               "on the remote yet (push first)")
+        self.register(model_name, number)
+        with self._lock():
+            self._wait_next_second(model_name)
+            gto.api.assign(str(self.path), model_name, stage, version=semver(number),
+                           author=GIT_USER[0], author_email=GIT_USER[1])
+        return stage
+
+    def _tags(self, model_name: str) -> list[str]:
+        return self._git("tag", "-l", f"{model_name}@*", f"{model_name}#*").split()
+
+    def _wait_next_second(self, model_name: str) -> None:
+        """GTO orders events by tag time in whole seconds; keep each artifact's tags in distinct seconds."""
+        out = self._git("for-each-ref", "--format=%(taggerdate:unix)", f"refs/tags/{model_name}@*",
+                        f"refs/tags/{model_name}#*").split()
+        last = max((int(t) for t in out if t), default=0)
+        while time.time() < last + 1:
+            time.sleep(0.05)
+
+    def _sha(self, model_name: str, number: int) -> str:
+        rel = self._lineage_rel(model_name, number)
+        sha = self._git("log", "-n1", "--format=%H", "--diff-filter=A", "--", rel).strip()
+        if not sha:
+            raise InputError("version", f"{model_name} has no version {semver(number)}")
+        return sha
+
+    def version(self, model_name: str, version, sha: str | None = None, state: dict | None = None) -> Version:
+        """One committed version with its lineage, GTO registration and stages."""
+        number = _number(version)
+        sha = sha or self._sha(model_name, number)
+        lineage = json.loads(self._git("show", f"{sha}:{self._lineage_rel(model_name, number)}"))
+        out = Version(model_name, semver(number), number, sha, lineage["model"]["md5"], lineage["data"]["md5"],
+                      lineage.get("request_id"), lineage=lineage)
+        state = state or self._gto_state(model_name)
+        out.registered = out.semver in state["registered"]
+        out.stages = sorted(s for s, v in state["stages"].items() if v == out.semver)
+        return out
+
+    def _gto_state(self, model_name: str) -> dict:
+        import gto.api
+
+        if not self._tags(model_name):
+            return {"registered": set(), "stages": {}}
+        shown = gto.api.show(str(self.path), model_name)
+        registered = {v["version"] for v in shown if v["registrations"]}
+        stages = {}
+        for stage in gto.api.get_stages(str(self.path), used=True):
+            found = gto.api.find_versions_in_stage(str(self.path), model_name, stage)
+            if found:
+                stages[stage] = (found[0] if isinstance(found, list) else found).version
+        return {"registered": registered, "stages": stages}
+
+    def versions(self, model_name: str) -> list[Version]:
+        """All committed versions, oldest first, with stages and lineage."""
+        state = self._gto_state(model_name)
+        return [self.version(model_name, n, state=state) for n in self._numbers(model_name)]
+
+    def prod(self, model_name: str) -> Version | None:
+        """The version that holds stage ``prod``, or None."""
+        state = self._gto_state(model_name)
+        current = state["stages"].get("prod")
+        return self.version(model_name, current, state=state) if current else None
+
+    def model_path(self, model_name: str, version=None) -> Path:
+        """The exact bytes of a version (default: the ``prod`` one). A read-only file in the DVC cache."""
+        if version is None:
+            current = self.prod(model_name)
+            if current is None:
+                raise InputError("model_name", f"{model_name} has no prod version")
+            version = current
+        v = version if isinstance(version, Version) else self.version(model_name, version)
+        path = self.path / ".dvc" / "cache" / "files" / "md5" / v.model_md5[:2] / v.model_md5[2:]
+        if not path.is_file():
+            raise FileNotFoundError(f"{v.name} {v.semver} is not in the local DVC cache ({path})")
+        return path
+
+    def data_dir(self) -> Path:
+        """The dataset directory of the latest committed version."""
+        return self.path / "data"
+
+    def clone_and_pull(self, dest: str | Path, rev: str | None = None) -> Path:
+        """``git clone`` the workspace into ``dest`` (optionally check out ``rev``, e.g. a GTO tag),
+        then ``dvc pull`` from the S3 remote with the same endpoint and keys."""
+        dest = Path(dest).resolve()
+        self._git("clone", "-q", str(self.path), str(dest), cwd=dest.parent)
+        if rev:
+            self._git("checkout", "-q", rev, cwd=dest)
+        self._write_local_config(dest)
+        self._dvc("pull", "-q", cwd=dest, error=PushError)
+        return dest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

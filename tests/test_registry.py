@@ -1,0 +1,158 @@
+"""Registry workspace against real git, DVC, GTO and the session's rclone S3 server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.registry import PromoteError, PushError, RegistryWorkspace
+from unlearn_core.data import load_dataset, read_manifest, tombstone
+from unlearn_core.errors import InputError
+
+NAME = "mnist-cnn"
+
+
+def _model(path: Path, seed: int) -> Path:
+    """A tiny stand-in for a checkpoint: the registry only moves bytes."""
+    path.write_bytes(np.random.default_rng(seed).bytes(4096))
+    return path
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def forget_ids(mnist_dir):
+    return [r["sample_id"] for r in read_manifest(mnist_dir) if r["split"] == "train"][:3]
+
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory, s3, mnist_dir, forget_ids):
+    """A workspace with v0.0.1 (prod, pushed) and v0.0.2 committed after deleting three samples."""
+    tmp = tmp_path_factory.mktemp("registry")
+    ws = RegistryWorkspace(tmp / "ws", s3)
+    v1 = ws.init_from(mnist_dir, _model(tmp / "m1.pt", 1), NAME, {"code_version": "test", "metrics": {"ta": 0.9}})
+    v2 = ws.commit_version(NAME, _model(tmp / "m2.pt", 2), "req-1", {"method": "retrain"}, forget_ids,
+                           lambda d: tombstone(d, forget_ids, "req-1"))
+    return ws, v1, v2, tmp
+
+
+def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
+    ws, v1, v2, tmp = versioned
+    assert (v1.semver, v1.stages, v1.registered) == ("v0.0.1", ["prod"], True)
+    assert (v2.semver, v2.stages, v2.registered) == ("v0.0.2", [], False)
+
+    # the new dataset version no longer holds the deleted samples' bytes
+    new = load_dataset(ws.data_dir())
+    assert not set(forget_ids) & new.all_ids()
+    old_images = np.load(mnist_dir / "images.npy")
+    rows = [r["row"] for r in read_manifest(mnist_dir) if r["sample_id"] in forget_ids]
+    raw = (ws.data_dir() / "images.npy").read_bytes()
+    assert all(old_images[r].tobytes() not in raw for r in rows)
+    assert v2.data_md5 != v1.data_md5 and v2.model_md5 != v1.model_md5
+
+    # lineage carries the dvc md5s, the parent and the deleted ids (ids only)
+    lin = v2.lineage
+    dvc_md5 = {f: (ws.path / f).read_text().split("md5: ")[1].split()[0]
+               for f in ("data.dvc", f"models/{NAME}/model.pt.dvc")}
+    assert lin["data"]["md5"] == dvc_md5["data.dvc"] == v2.data_md5
+    assert lin["model"]["md5"] == dvc_md5[f"models/{NAME}/model.pt.dvc"] == v2.model_md5
+    assert lin["parent"]["version"] == "v0.0.1" and lin["parent"]["model_md5"] == v1.model_md5
+    assert lin["deleted_sample_ids"] == sorted(forget_ids) and lin["request_id"] == "req-1"
+
+    with pytest.raises(PromoteError, match="not on the remote"):
+        ws.promote(NAME, v2)
+    assert ws.prod(NAME).semver == "v0.0.1"
+    ws.push()
+    assert ws.missing_on_remote(NAME, v2) == []
+    ws.promote(NAME, v2)
+    assert ws.prod(NAME).semver == "v0.0.2"
+    assert [(v.semver, v.stages, v.registered) for v in ws.versions(NAME)] == [
+        ("v0.0.1", [], True), ("v0.0.2", ["prod"], True)]
+    assert ws.model_path(NAME).read_bytes() == (tmp / "m2.pt").read_bytes()
+    assert ws.model_path(NAME, "v0.0.1").read_bytes() == (tmp / "m1.pt").read_bytes()
+
+    # a fresh clone + dvc pull from the bucket gives the exact bytes, at HEAD and at a GTO tag
+    clone = ws.clone_and_pull(tmp / "clone")
+    assert (clone / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m2.pt").read_bytes()
+    assert not set(forget_ids) & load_dataset(clone / "data").all_ids()
+    old = ws.clone_and_pull(tmp / "clone-v1", rev=f"{NAME}@v0.0.1")
+    assert (old / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
+
+    # keys: only in the git-ignored 0600 config.local, never in git history, tags or lineage
+    assert oct((ws.path / ".dvc/config.local").stat().st_mode & 0o777) == "0o600"
+    assert s3.endpoint_url in (ws.path / ".dvc/config").read_text()
+    history = _git(ws.path, "log", "-p", "--all") + _git(ws.path, "tag", "-l", "-n99")
+    history += "".join(p.read_text() for p in (ws.path / "lineage").rglob("*.json"))
+    assert "v0.0.1" in history
+    for secret in (s3.access_key, s3.secret_key):
+        assert secret not in history
+    assert ".dvc/config.local" not in _git(ws.path, "ls-files")
+
+
+def test_bad_input_writes_nothing(versioned, tmp_path, s3):
+    ws, _, _, tmp = versioned
+    head = _git(ws.path, "rev-parse", "HEAD")
+    model = _model(tmp_path / "m.pt", 3)
+    cases = [
+        (dict(deleted_sample_ids=["not-a-sample-id"]), "deleted_sample_ids"),
+        (dict(lineage={"note": s3.secret_key}), "lineage"),
+        (dict(lineage={"sample": b"\x00\x01"}), "lineage"),
+        (dict(request_id="../../etc"), "request_id"),
+        (dict(model_name="no-such-model"), "model_name"),
+    ]
+    for override, field in cases:
+        kwargs = dict(model_name=NAME, model_path=model, request_id="req-x", lineage={}, deleted_sample_ids=[])
+        kwargs.update(override)
+        with pytest.raises(InputError) as err:
+            ws.commit_version(**kwargs)
+        assert err.value.field == field
+    with pytest.raises(InputError, match="project checkout"):
+        RegistryWorkspace(Path(__file__).parent / "ws", s3)
+    with pytest.raises(InputError, match="already a registry workspace"):
+        ws.init_from(ws.data_dir(), model, NAME, {})
+
+    def broken_change(data_dir):
+        (data_dir / "images.npy").write_bytes(b"half-written")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ws.commit_version(NAME, model, "req-y", {}, [], broken_change)
+    assert _git(ws.path, "rev-parse", "HEAD") == head
+    assert _git(ws.path, "status", "--porcelain") == ""
+    assert load_dataset(ws.data_dir()).train.x.shape[0] > 0
+
+
+def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
+    """A real outage: the S3 server is stopped, then started again on the same port."""
+    from flows.services import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path / "state")
+    s3 = server.ensure_started()
+    try:
+        ws = RegistryWorkspace(tmp_path / "ws", s3, {"s3_max_attempts": 1})
+        ws.init_from(mnist_dir, _model(tmp_path / "m1.pt", 1), NAME, {})
+        v2 = ws.commit_version(NAME, _model(tmp_path / "m2.pt", 2), "req-2", {}, forget_ids[:1],
+                               lambda d: tombstone(d, forget_ids[:1], "req-2"))
+        assert server.stop()
+        with pytest.raises(PushError, match="push"):
+            ws.push()
+        with pytest.raises(PromoteError, match="not promoted"):
+            ws.promote(NAME, v2)
+        assert ws.prod(NAME).semver == "v0.0.1"
+        assert ws.model_path(NAME).read_bytes() == (tmp_path / "m1.pt").read_bytes()
+
+        assert server.ensure_started().endpoint_url == s3.endpoint_url
+        ws.push()
+        ws.promote(NAME, v2)
+        assert ws.prod(NAME).semver == "v0.0.2"
+    finally:
+        server.stop()
+    log = (tmp_path / "state/s3/rclone.log").read_text()
+    assert s3.secret_key not in log and s3.secret_key not in json.dumps(ws.prod(NAME).lineage)
+    assert not os.path.exists(tmp_path / "state/s3/rclone.pid")
