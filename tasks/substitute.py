@@ -111,8 +111,8 @@ def _download(ref: str, s3: Any | None, workdir: Path, max_bytes: int) -> Path:
     total = sum(size for _, size in objects)
     if total > max_bytes:
         raise InputError("substitute", f"{ref} holds {total} bytes, more than the {max_bytes} allowed")
-    for obj_key, _ in objects:
-        local = dest.joinpath(*_safe_parts(obj_key[len(prefix):], ref))
+    targets = [(obj_key, dest.joinpath(*_safe_parts(obj_key[len(prefix):], ref))) for obj_key, _ in objects]
+    for obj_key, local in targets:
         local.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, obj_key, str(local))
     return dest / key[len(prefix):] if key.endswith(ARRAY_SUFFIXES) else dest

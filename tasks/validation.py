@@ -337,8 +337,10 @@ def _timestamp(value: Any) -> float | None:
     return None if pd.isna(ts) else ts.timestamp()
 
 
-def validate_request(request: dict, *, max_ids: int = 5) -> ValidationReport:
+def validate_request(request: dict | BaseModel, *, max_ids: int = 5) -> ValidationReport:
     """Check a request's fields: kind known, model named, deadline after submitted_at."""
+    if isinstance(request, BaseModel):
+        request = request.model_dump(by_alias=True)
     frame = pd.DataFrame([{
         "request_id": str(request.get("request_id")),
         "kind": request.get("kind"),

@@ -231,7 +231,12 @@ def _request(**changes):
 
 
 def test_request_suite(mnist):
+    from unlearn_core.requests import DeletionRequest
+
     assert v.validate_request(_request()).success
+    model = DeletionRequest.model_validate({"subject_id": "s-1", "kind": "subject", "model": "mnist-cnn",
+                                            "forget": {"subject": "s-1"}})
+    assert v.validate_request(model).success
     now = datetime.now(timezone.utc)
     cases = {
         ("expect_column_values_to_be_in_set", "kind"): {"kind": "everything"},
