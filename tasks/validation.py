@@ -86,25 +86,34 @@ class ValidationReport:
 
 # ---------------------------------------------------------------- GX context and suites
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _context = None
 _registered: dict[str, tuple[Any, Any]] = {}
 
 
-def _gx_context():
-    """The process-wide ephemeral context: in-memory stores, no analytics, no progress bars."""
-    global _context
-    if _context is None:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import (
-            DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+def gx_context():
+    """The process-wide ephemeral context: in-memory stores, no analytics, no progress bars.
 
-        config = DataContextConfig(analytics_enabled=False,
-                                   progress_bars=ProgressBarsConfig(globally=False),
-                                   store_backend_defaults=InMemoryStoreBackendDefaults())
-        _context = gx.get_context(mode="ephemeral", project_config=config)
-        _context.data_sources.add_pandas("unlearnops")
+    The first call imports GX (3-6 s on 2 busy cores); a long-running worker calls
+    this at start so no request pays for it.
+    """
+    global _context
+    with _lock:
+        if _context is None:
+            _context = _new_context()
     return _context
+
+
+def _new_context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+
+    config = DataContextConfig(analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False),
+                               store_backend_defaults=InMemoryStoreBackendDefaults())
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    context.data_sources.add_pandas("unlearnops")
+    return context
 
 
 def _param(name: str) -> dict:
@@ -169,7 +178,7 @@ def _suite(name: str, build: Callable[[], list]):
     if name not in _registered:
         import great_expectations as gx
 
-        ctx = _gx_context()
+        ctx = gx_context()
         asset = ctx.data_sources.get("unlearnops").add_dataframe_asset(name)
         batch_def = asset.add_batch_definition_whole_dataframe("whole")
         suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=build()))

@@ -256,9 +256,9 @@ def test_request_suite(mnist):
 # ---------------------------------------------------------------- context, params
 
 def test_one_cached_context_per_process(mnist, class3):
-    ctx = v._gx_context()
+    ctx = v.gx_context()
     _forget(mnist, class3)
-    assert v._gx_context() is ctx
+    assert v.gx_context() is ctx
     assert ctx.variables.analytics_enabled is False
 
 
@@ -270,3 +270,16 @@ def test_validation_params_section():
     assert err.value.field == "params.yaml: validation.substitute_max_rows"
     with pytest.raises(InputError):
         v.validation_params(parse_params({"validation": {"substitute_min_rows": 9, "substitute_max_rows": 3}}))
+
+
+def test_concurrent_validations_keep_their_own_data(mnist, class3, substitutes):
+    """Prefect may run tasks in threads: each call must see its own frame and parameters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images, labels = substitutes
+    tombstoned = {class3.sample_id[0]}
+    calls = [lambda: _forget(mnist, class3), lambda: _forget(mnist, class3, tombstoned=tombstoned),
+             lambda: _substitute(mnist, images, labels), lambda: _substitute(mnist, images, labels, max_rows=3)] * 2
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [f.result().success for f in [pool.submit(c) for c in calls]]
+    assert outcomes == [True, False, True, False] * 2
