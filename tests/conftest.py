@@ -14,7 +14,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-pytest_plugins: list[str] = ["tests.fixtures_s3"]
+pytest_plugins: list[str] = ["fixtures_s3"]  # tests/ is on sys.path (rootdir conftest)
 
 
 @pytest.fixture(scope="session")
