@@ -259,10 +259,11 @@ class RegistryWorkspace:
             self._git("config", "user.name", GIT_USER[0])
             self._git("config", "user.email", GIT_USER[1])
             self._dvc("init", "-q")
-            url = f"s3://{self.s3.bucket}/{self.params.remote_prefix}"
-            self._dvc("remote", "add", "-d", REMOTE, url)
-            self._dvc("remote", "modify", REMOTE, "endpointurl", self.s3.endpoint_url)
-            self._dvc("remote", "modify", REMOTE, "connect_timeout", str(self.params.s3_connect_timeout))
+            (self.path / ".dvc" / "config").write_text(  # what `dvc remote add -d` + `modify` write
+                f"[core]\n    remote = {REMOTE}\n['remote \"{REMOTE}\"']\n"
+                f"    url = s3://{self.s3.bucket}/{self.params.remote_prefix}\n"
+                f"    endpointurl = {self.s3.endpoint_url}\n"
+                f"    connect_timeout = {self.params.s3_connect_timeout}\n")
             self._write_local_config(self.path)
             shutil.copytree(data_dir, self.path / "data")
             self._git("add", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
@@ -356,7 +357,6 @@ class RegistryWorkspace:
         tag = f"{model_name}@{semver(number)}"
         with self._lock():
             if tag not in self._tags(model_name):
-                self._wait_next_second(model_name)
                 gto.api.register(str(self.path), model_name, sha, version=semver(number),
                                  author=GIT_USER[0], author_email=GIT_USER[1])
         return tag
@@ -384,9 +384,8 @@ class RegistryWorkspace:
         return self._git("tag", "-l", f"{model_name}@*", f"{model_name}#*").split()
 
     def _wait_next_second(self, model_name: str) -> None:
-        """GTO orders events by tag time in whole seconds; keep each artifact's tags in distinct seconds."""
-        out = self._git("for-each-ref", "--format=%(taggerdate:unix)", f"refs/tags/{model_name}@*",
-                        f"refs/tags/{model_name}#*").split()
+        """GTO orders stage assignments by tag time in whole seconds; keep an artifact's in distinct ones."""
+        out = self._git("for-each-ref", "--format=%(taggerdate:unix)", f"refs/tags/{model_name}#*").split()
         last = max((int(t) for t in out if t), default=0)
         while time.time() < last + 1:
             time.sleep(0.05)
