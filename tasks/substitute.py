@@ -13,7 +13,6 @@ bad upload is rejected with GX results in the receipt.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,11 +20,11 @@ import numpy as np
 
 from unlearn_core.data import load_image_folder
 from unlearn_core.errors import InputError
+from unlearn_core.requests import check_substitute
 
 from .validation import ValidationParams
 
 ARRAY_SUFFIXES = (".npy", ".npz")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def fetch_substitute(ref: str, substitute_root: str | Path, s3: Any | None, workdir: str | Path, *,
@@ -43,49 +42,32 @@ def fetch_substitute(ref: str, substitute_root: str | Path, s3: Any | None, work
         max_bytes = ValidationParams().substitute_max_bytes
     if not isinstance(ref, str) or not ref.strip():
         raise InputError("substitute", "empty reference")
-    if "\x00" in ref:
-        raise InputError("substitute", "reference contains a NUL byte")
-    if ref.startswith("s3://"):
-        path = _download(ref, s3, Path(workdir), max_bytes)
-    elif _SCHEME.match(ref):
-        raise InputError("substitute", f"unsupported scheme in {ref!r} (use a local path or s3://)")
+    if ref.startswith("s3://") and s3 is None:
+        raise InputError("substitute", "s3:// references need an S3 store and none is configured")
+    # The submit-time check again: the filesystem (symlinks) may have changed since.
+    target = check_substitute(ref, substitute_root, s3.bucket if s3 is not None else "")
+    if isinstance(target, tuple):
+        path = _download(ref, target[1], s3, Path(workdir), max_bytes)
     else:
-        path = _local_path(ref, Path(substitute_root))
+        path = target
     return _load(path, image_shape, max_bytes)
 
 
-def _local_path(ref: str, root: Path) -> Path:
-    root = root.resolve()
-    candidate = Path(ref)
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not path.is_relative_to(root):
-        raise InputError("substitute", f"{ref!r} is outside the substitute root")
-    if not path.exists():
-        raise InputError("substitute", f"{ref!r} does not exist under the substitute root")
-    return path
-
-
 def _safe_parts(key: str, ref: str) -> tuple[str, ...]:
+    """Path parts of a listed object key below the prefix; refuses keys that would escape workdir."""
     parts = PurePosixPath(key).parts
     if key.startswith("/") or "\\" in key or any(p in ("..", ".") for p in key.split("/")):
         raise InputError("substitute", f"{ref!r}: path traversal in the object key")
     return parts
 
 
-def _download(ref: str, s3: Any | None, workdir: Path, max_bytes: int) -> Path:
+def _download(ref: str, key: str, s3: Any, workdir: Path, max_bytes: int) -> Path:
     """Download one object (``.npy``/``.npz`` key) or every object under a prefix into workdir."""
-    if s3 is None:
-        raise InputError("substitute", "s3:// references need an S3 store and none is configured")
-    bucket, _, key = ref[len("s3://"):].partition("/")
-    if bucket != s3.bucket:
-        raise InputError("substitute", f"bucket {bucket!r} is not the configured bucket {s3.bucket!r}")
-    _safe_parts(key, ref)
-    if not key.strip("/"):
-        raise InputError("substitute", f"{ref!r} names no key or prefix inside the bucket")
-
     import boto3
     from botocore.config import Config
     from botocore.exceptions import ClientError
+
+    bucket = s3.bucket
 
     client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
                           aws_secret_access_key=s3.secret_key,

@@ -58,7 +58,7 @@ def test_local_formats(root, digits):
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("ref", ["../outside.npy", "folder/../../outside.npy", "/etc/passwd",
+@pytest.mark.parametrize("ref", ["../outside.npy", "folder/../../outside.npy", "folder/../three.npy", "/etc/passwd",
                                  "http://example.com/x.npy", "", "missing.npy"])
 def test_local_refs_outside_root_or_missing_are_rejected(root, ref):
     (root.parent / "outside.npy").write_bytes(b"")
