@@ -17,7 +17,7 @@ import hashlib
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from unlearn_core.config import Params, method_config
 from unlearn_core.data import hash_images
 from unlearn_core.errors import InputError
+from unlearn_core.requests import Kind
 
-REQUEST_KINDS = ("class", "samples", "subject")
+REQUEST_KINDS = get_args(Kind)
 FORGET_COLUMNS = ("sample_id", "label", "split", "subject_id")
 
 
