@@ -145,10 +145,8 @@ class RegistryWorkspace:
         return (self.path / ".dvc").is_dir() and (self.path / ".git").exists()
 
     def _env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # keys come from config.local
-        env.update(DVC_NO_ANALYTICS="1", GIT_TERMINAL_PROMPT="0",
-                   AWS_MAX_ATTEMPTS=str(self.params.s3_max_attempts), AWS_RETRY_MODE="standard")
-        return env
+        return {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0",
+                "AWS_MAX_ATTEMPTS": str(self.params.s3_max_attempts), "AWS_RETRY_MODE": "standard"}
 
     def _run(self, *cmd: str, cwd: Path | None = None, error=RegistryError) -> str:
         proc = subprocess.run(cmd, cwd=cwd or self.path, env=self._env(), capture_output=True, text=True)
@@ -318,7 +316,37 @@ class RegistryWorkspace:
 
     def push(self) -> None:
         """Upload every committed version's objects (``dvc push --all-commits``)."""
-        self._dvc("push", "-q", "--all-commits", error=PushError)
+        with self._lock():
+            self._dvc("push", "-q", "--all-commits", error=PushError)
+
+    def purge_superseded_data(self) -> list[str]:
+        """Erase the files of older dataset versions from the local cache and the remote.
+
+        Older versions still hold deleted samples' bytes; after this only the
+        current ``data/`` version can be pulled. Model versions stay intact.
+        Returns the erased object md5s; raises PushError if the remote is unreachable.
+        """
+        cache = self.path / ".dvc" / "cache" / "files" / "md5"
+        with self._lock():
+            shas = self._git("log", "--format=%H", "--", "data.dvc").split()
+            dirs = [self._md5("data.dvc", sha) for sha in shas]
+            current = self._dir_entries(cache, dirs[0])
+            doomed = sorted({m for d in dirs[1:] for m in self._dir_entries(cache, d)} - current)
+            client = self.s3.client()
+            prefix = self.params.remote_prefix.strip("/")
+            try:
+                for md5 in doomed:
+                    client.delete_object(Bucket=self.s3.bucket, Key=f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}")
+            except Exception as exc:  # noqa: BLE001 - connection refused, auth, ...
+                raise PushError(f"cannot erase old data objects on the remote: {self._scrub(str(exc))[:300]}") from None
+            for md5 in doomed:
+                (cache / md5[:2] / md5[2:]).unlink(missing_ok=True)
+        return doomed
+
+    @staticmethod
+    def _dir_entries(cache: Path, dir_md5: str) -> set[str]:
+        listing = cache / dir_md5[:2] / dir_md5[2:]
+        return {e["md5"] for e in json.loads(listing.read_text())} if listing.exists() else set()
 
     def missing_on_remote(self, model_name: str, version) -> list[str]:
         """Object names (md5s) of a version that the remote lacks; raises PushError if unreachable."""
@@ -451,15 +479,15 @@ class RegistryWorkspace:
         """The dataset directory of the latest committed version."""
         return self.path / "data"
 
-    def clone_and_pull(self, dest: str | Path, rev: str | None = None) -> Path:
+    def clone_and_pull(self, dest: str | Path, rev: str | None = None, targets: list[str] | None = None) -> Path:
         """``git clone`` the workspace into ``dest`` (optionally check out ``rev``, e.g. a GTO tag),
-        then ``dvc pull`` from the S3 remote with the same endpoint and keys."""
+        then ``dvc pull [targets]`` from the S3 remote with the same endpoint and keys."""
         dest = Path(dest).resolve()
         self._git("clone", "-q", str(self.path), str(dest), cwd=dest.parent)
         if rev:
             self._git("checkout", "-q", rev, cwd=dest)
         self._write_local_config(dest)
-        self._dvc("pull", "-q", cwd=dest, error=PushError)
+        self._dvc("pull", "-q", *(targets or []), cwd=dest, error=PushError)
         return dest
 
 

@@ -156,3 +156,27 @@ def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
     log = (tmp_path / "state/s3/rclone.log").read_text()
     assert s3.secret_key not in log and s3.secret_key not in json.dumps(ws.prod(NAME).lineage)
     assert not os.path.exists(tmp_path / "state/s3/rclone.pid")
+
+
+def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, mnist_dir, s3):
+    ws, v1, v2, tmp = versioned
+    ws.push()
+    old_images = _md5_of(mnist_dir / "images.npy")
+    client = s3.client()
+    key = f"registry/files/md5/{old_images[:2]}/{old_images[2:]}"
+    assert client.head_object(Bucket=s3.bucket, Key=key)  # v0.0.1's images, deleted samples included
+    erased = ws.purge_superseded_data()
+    assert old_images in erased
+    with pytest.raises(Exception, match="404|Not Found"):
+        client.head_object(Bucket=s3.bucket, Key=key)
+    assert not (ws.path / ".dvc/cache/files/md5" / old_images[:2] / old_images[2:]).exists()
+    current = ws.clone_and_pull(tmp / "after-purge")  # the current dataset still pulls in full
+    assert not set(forget_ids) & load_dataset(current / "data").all_ids()
+    model_v1 = ws.clone_and_pull(tmp / "after-purge-v1", rev=f"{NAME}@v0.0.1", targets=[f"models/{NAME}/model.pt"])
+    assert (model_v1 / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
+
+
+def _md5_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
