@@ -3,10 +3,18 @@ from __future__ import annotations
 
 from ..errors import InputError
 from .base import ForgetRequest, UnlearnMethod, UnlearnResult
+from .concept_poison import ConceptPoison
+from .finetune import Finetune
 from .lra_npp import LraNpp
+from .neggrad import NegGrad
+from .random_labels import RandomLabels
 from .retrain import Retrain
+from .salun import SalUn
+from .ssd import Ssd
 
-METHODS: dict[str, type[UnlearnMethod]] = {cls.name: cls for cls in (LraNpp, Retrain)}
+METHODS: dict[str, type[UnlearnMethod]] = {
+    cls.name: cls for cls in (LraNpp, Retrain, ConceptPoison, RandomLabels, SalUn, Finetune, NegGrad, Ssd)
+}
 
 
 def get_method(name: str) -> type[UnlearnMethod]:
