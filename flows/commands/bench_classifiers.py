@@ -1,0 +1,54 @@
+"""``unlearn bench classifiers``: all classifier unlearning methods vs exact retrain."""
+from __future__ import annotations
+
+import argparse
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register_bench(kinds: argparse._SubParsersAction) -> None:
+    from flows.commands.bench import _class_list
+
+    p = kinds.add_parser("classifiers", help="class + random-sample unlearning: every method vs retrain")
+    p.add_argument("--classes", type=_class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
+    p.add_argument("--fractions", type=_float_list, default=[0.01, 0.1],
+                   help="random forget fractions of the training set, e.g. 0.01,0.1")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 class, 1%% only, 1 training epoch (smoke run)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from flows.commands.bench import load_bench_dataset
+    from unlearn_core.bench import classifiers
+    from unlearn_core.config import load_params
+    from unlearn_core.errors import InputError
+
+    if args.seeds < 1:
+        raise InputError("--seeds", "must be >= 1")
+    for f in args.fractions:
+        if not 0 < f < 1:
+            raise InputError("--fractions", f"{f} is not a fraction in (0, 1)")
+    if not args.classes and not args.fractions:
+        raise InputError("--classes", "no scenario: give classes and/or fractions")
+    params = load_params(args.params)
+    ds = load_bench_dataset(args.data)
+    for c in args.classes:
+        if not 0 <= c < ds.num_classes:
+            raise InputError("--classes", f"class {c} is not in the label set 0..{ds.num_classes - 1}")
+    classes, fractions, seeds = args.classes, args.fractions, args.seeds
+    if args.quick:
+        classes, fractions, seeds = classes[:1], fractions[:1], 1
+    out = classifiers.run(ds, params, classes, fractions, seeds, args.out, quick=args.quick,
+                          progress=lambda msg: print(msg, flush=True))
+    print(open(out["paths"]["markdown"]).read())
+    print("wrote", ", ".join(out["paths"].values()))
+    return 0
