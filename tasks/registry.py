@@ -330,13 +330,13 @@ class RegistryWorkspace:
         with self._lock():
             shas = self._git("log", "--format=%H", "--", "data.dvc").split()
             dirs = [self._md5("data.dvc", sha) for sha in shas]
-            current = self._dir_entries(cache, dirs[0])
-            doomed = sorted({m for d in dirs[1:] for m in self._dir_entries(cache, d)} - current)
+            current = self._dir_entries(cache, dirs[0]) | {dirs[0]}
+            # the old listings go too: DVC treats a directory as pushed whenever its listing is on the remote
+            doomed = sorted({m for d in dirs[1:] for m in self._dir_entries(cache, d) | {d}} - current)
             client = self.s3.client()
-            prefix = self.params.remote_prefix.strip("/")
             try:
                 for md5 in doomed:
-                    client.delete_object(Bucket=self.s3.bucket, Key=f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}")
+                    client.delete_object(Bucket=self.s3.bucket, Key=self._remote_key(md5))
             except Exception as exc:  # noqa: BLE001 - connection refused, auth, ...
                 raise PushError(f"cannot erase old data objects on the remote: {self._scrub(str(exc))[:300]}") from None
             for md5 in doomed:
@@ -366,6 +366,15 @@ class RegistryWorkspace:
                     if odb is None:
                         st = repo.cloud.status(ids, remote=REMOTE)
                         missing += [h.obj_name for h in (*st.new, *st.missing)]
+            # DVC skips a directory whose listing it cannot load, so check the top-level objects directly
+            client = self.s3.client()
+            for md5 in (self._md5(rel + ".dvc", sha), self._md5("data.dvc", sha)):
+                try:
+                    client.head_object(Bucket=self.s3.bucket, Key=self._remote_key(md5))
+                except client.exceptions.ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                        raise
+                    missing.append(md5)
         except Exception as exc:  # noqa: BLE001 - any failure to reach/read the remote
             raise PushError(f"cannot check the remote: {self._scrub(str(exc))[:500]}") from None
         finally:
@@ -374,7 +383,11 @@ class RegistryWorkspace:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        return sorted(missing)
+        return sorted(set(missing))
+
+    def _remote_key(self, md5: str) -> str:
+        """Object key of a DVC 3 remote: ``<prefix>/files/md5/<2 chars>/<rest>``."""
+        return f"{self.params.remote_prefix.strip('/')}/files/md5/{md5[:2]}/{md5[2:]}"
 
     def register(self, model_name: str, version) -> str:
         """``gto register``: tag ``<name>@v0.0.N`` on the version's commit. Returns the tag."""
@@ -390,21 +403,27 @@ class RegistryWorkspace:
         return tag
 
     def promote(self, model_name: str, version, stage: str = "prod") -> str:
-        """``gto assign``: give the version ``stage``; refuses unless its objects are on the remote."""
+        """``gto assign``: give the version ``stage``; refuses unless its objects are on the remote.
+
+        Idempotent (a version that already holds the stage keeps it); promoting an
+        older version again is a rollback.
+        """
         import gto.api
 
         number = _number(version)
+        if self._gto_state(model_name)["stages"].get(stage) == semver(number):
+            return stage
         try:
             missing = self.missing_on_remote(model_name, number)
         except PushError as exc:
             raise PromoteError(f"{model_name} {semver(number)} not promoted: {exc}") from None
         if missing:
-            raise PromoteError(f"{model_name} {semver(number)} not promoted: {len(missing)} objects are not "
-                               "on the remote yet (push first)")
+            raise PromoteError(f"{model_name} {semver(number)} not promoted: {len(missing)} objects are missing "
+                               "from the remote (push first; erased data versions cannot be promoted)")
         self.register(model_name, number)
         with self._lock():
             self._wait_next_second(model_name)
-            gto.api.assign(str(self.path), model_name, stage, version=semver(number),
+            gto.api.assign(str(self.path), model_name, stage, version=semver(number), force=True,
                            author=GIT_USER[0], author_email=GIT_USER[1])
         return stage
 
@@ -438,17 +457,16 @@ class RegistryWorkspace:
         return out
 
     def _gto_state(self, model_name: str) -> dict:
+        """Registered versions and, per stage, the version assigned most recently (as ``gto show``)."""
         import gto.api
+        from gto.constants import VersionSort
 
         if not self._tags(model_name):
             return {"registered": set(), "stages": {}}
         shown = gto.api.show(str(self.path), model_name)
         registered = {v["version"] for v in shown if v["registrations"]}
-        stages = {}
-        for stage in gto.api.get_stages(str(self.path), used=True):
-            found = gto.api.find_versions_in_stage(str(self.path), model_name, stage)
-            if found:
-                stages[stage] = (found[0] if isinstance(found, list) else found).version
+        row = gto.api.show(str(self.path), sort=VersionSort.Timestamp).get(model_name, {})
+        stages = {stage: v for stage, v in (row.get("stage") or {}).items() if v}
         return {"registered": registered, "stages": stages}
 
     def versions(self, model_name: str) -> list[Version]:
