@@ -179,6 +179,7 @@ class EmbeddedS3:
         """
         if self.running():
             return self.config()
+        self.stop()  # a server left half-started by a crashed `up`
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         (self.dir / "data").mkdir(exist_ok=True)
@@ -254,8 +255,8 @@ class PrefectServer:
         url = self.api_url()
         if url:
             return url
+        self.stop()  # a server left half-started by a crashed `up`
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.url_file.unlink(missing_ok=True)
         port = free_port()
         prefect = Path(sys.executable).with_name("prefect")
         cmd = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
