@@ -107,6 +107,11 @@ class Version:
     stages: list[str] = field(default_factory=list)
     lineage: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def tag(self) -> str:
+        """GTO registration tag, e.g. ``mnist-cnn@v0.0.2`` (a git rev for ``clone_and_pull``)."""
+        return f"{self.name}@{self.semver}"
+
 
 def semver(number: int) -> str:
     return f"v0.0.{number}"
@@ -140,6 +145,11 @@ class RegistryWorkspace:
             self._write_local_config(self.path)
 
     # ---------------------------------------------------------------- plumbing
+
+    @property
+    def remote_url(self) -> str:
+        """Where the versions' objects live, e.g. ``s3://unlearnops/registry``."""
+        return f"s3://{self.s3.bucket}/{self.params.remote_prefix}"
 
     def exists(self) -> bool:
         return (self.path / ".dvc").is_dir() and (self.path / ".git").exists()
@@ -259,7 +269,7 @@ class RegistryWorkspace:
             self._dvc("init", "-q")
             (self.path / ".dvc" / "config").write_text(  # what `dvc remote add -d` + `modify` write
                 f"[core]\n    remote = {REMOTE}\n['remote \"{REMOTE}\"']\n"
-                f"    url = s3://{self.s3.bucket}/{self.params.remote_prefix}\n"
+                f"    url = {self.remote_url}\n"
                 f"    endpointurl = {self.s3.endpoint_url}\n"
                 f"    connect_timeout = {self.params.s3_connect_timeout}\n")
             self._write_local_config(self.path)

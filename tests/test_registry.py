@@ -87,12 +87,13 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     clone = ws.clone_and_pull(tmp / "clone")
     assert (clone / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m2.pt").read_bytes()
     assert not set(forget_ids) & load_dataset(clone / "data").all_ids()
-    old = ws.clone_and_pull(tmp / "clone-v1", rev=f"{NAME}@v0.0.1")
+    old = ws.clone_and_pull(tmp / "clone-v1", rev=v1.tag)
     assert (old / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
 
     # keys: only in the git-ignored 0600 config.local, never in git history, tags or lineage
     assert oct((ws.path / ".dvc/config.local").stat().st_mode & 0o777) == "0o600"
     assert s3.endpoint_url in (ws.path / ".dvc/config").read_text()
+    assert ws.remote_url in (ws.path / ".dvc/config").read_text()
     history = _git(ws.path, "log", "-p", "--all") + _git(ws.path, "tag", "-l", "-n99")
     history += "".join(p.read_text() for p in (ws.path / "lineage").rglob("*.json"))
     assert "v0.0.1" in history
