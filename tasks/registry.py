@@ -304,10 +304,13 @@ class RegistryWorkspace:
             if not numbers:
                 raise InputError("model_name", f"no model {model_name!r} in {self.path}")
             number = numbers[-1] + 1
-            parent = self.version(model_name, numbers[-1])
+            # the model is derived from prod (what flows unlearn from); the data from the latest commit,
+            # which may hold deletions of versions that were committed but never promoted
+            parent = self.prod(model_name) or self.version(model_name, numbers[-1])
             rec = {**lineage, "request_id": request_id, "deleted_sample_ids": ids, "created_at": _now(),
                    "parent": {"version": parent.semver, "git_sha": parent.git_sha,
-                              "model_md5": parent.model_md5, "data_md5": parent.data_md5}}
+                              "model_md5": parent.model_md5, "data_md5": parent.data_md5},
+                   "data_before_md5": self._md5("data.dvc")}
             try:
                 if dataset_change is not None:
                     dataset_change(self.path / "data")

@@ -63,6 +63,7 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     assert lin["data"]["md5"] == dvc_md5["data.dvc"] == v2.data_md5
     assert lin["model"]["md5"] == dvc_md5[f"models/{NAME}/model.pt.dvc"] == v2.model_md5
     assert lin["parent"]["version"] == "v0.0.1" and lin["parent"]["model_md5"] == v1.model_md5
+    assert lin["data_before_md5"] == v1.data_md5
     assert lin["deleted_sample_ids"] == sorted(forget_ids) and lin["request_id"] == "req-1"
 
     with pytest.raises(PromoteError, match="missing from the remote"):
@@ -154,10 +155,16 @@ def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
         assert ws.prod(NAME).semver == "v0.0.1"
         assert ws.model_path(NAME).read_bytes() == (tmp_path / "m1.pt").read_bytes()
 
+        # another request meanwhile: derived from prod v0.0.1, on top of v0.0.2's data
+        v3 = ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-3", {}, [])
+        assert v3.lineage["parent"]["version"] == "v0.0.1"
+        assert v3.lineage["data_before_md5"] == v2.data_md5
+
         assert server.ensure_started().endpoint_url == s3.endpoint_url
-        ws.push()
+        ws.push()  # every commit, not only HEAD
         ws.promote(NAME, v2)
         assert ws.prod(NAME).semver == "v0.0.2"
+        assert ws.missing_on_remote(NAME, v3) == []
     finally:
         server.stop()
     log = (tmp_path / "state/s3/rclone.log").read_text()
