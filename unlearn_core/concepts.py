@@ -16,6 +16,7 @@ A concept score is the projection of (features - center) on a concept vector.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from .data import load_image_folder
@@ -121,18 +123,24 @@ class Pcbm(nn.Module):
         return self.linear((scores - self.mean) / self.std)
 
 
-def fit_pcbm(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, l1: float, l2: float,
-             steps: int, lr: float, seed: int = 0) -> Pcbm:
-    """Full-batch Adam on cross-entropy + elastic-net penalty (l1 |W|_1 + l2 |W|_2^2)."""
-    torch.manual_seed(seed)
+def fit_pcbm(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, C: float = 1.0,
+             l1_ratio: float = 0.5, max_iter: int = 200, seed: int = 0) -> Pcbm:
+    """Elastic-net multinomial logistic regression (sklearn saga) on standardized
+    concept scores, wrapped as a torch module so captum can attribute through it."""
     pcbm = Pcbm(scores.mean(0), scores.std(0).clamp_min(1e-6), num_classes)
-    opt = torch.optim.Adam(pcbm.linear.parameters(), lr=lr)
-    for _ in range(steps):
-        w = pcbm.linear.weight
-        loss = F.cross_entropy(pcbm(scores), labels) + l1 * w.abs().sum() + l2 * (w ** 2).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    z = ((scores - pcbm.mean) / pcbm.std).numpy().astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LogisticRegression(C=C, l1_ratio=l1_ratio, solver="saga", max_iter=max_iter,
+                                 random_state=seed).fit(z, labels.numpy())
+    weight = torch.zeros(num_classes, scores.shape[1])
+    bias = torch.full((num_classes,), -1e4)  # classes absent from the data are never predicted
+    rows = torch.as_tensor(clf.classes_, dtype=torch.long)
+    weight[rows] = torch.from_numpy(clf.coef_).float()
+    bias[rows] = torch.from_numpy(clf.intercept_).float()
+    with torch.no_grad():
+        pcbm.linear.weight.copy_(weight)
+        pcbm.linear.bias.copy_(bias)
     return pcbm.eval()
 
 

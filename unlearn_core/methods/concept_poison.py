@@ -44,10 +44,9 @@ class ConceptPoisonParams(MethodParams):
     concept_dir: str | None = None           # ImageFolder of concept examples; None = prototypes
     prototypes_per_class: int = Field(3, ge=1)
     cav_random_examples: int = Field(500, ge=10)
-    pcbm_l1: float = Field(1e-3, ge=0)
-    pcbm_l2: float = Field(1e-3, ge=0)
-    pcbm_steps: int = Field(300, ge=1)
-    pcbm_lr: float = Field(0.05, gt=0)
+    pcbm_C: float = Field(1.0, gt=0)           # inverse regularization strength
+    pcbm_l1_ratio: float = Field(0.5, ge=0, le=1)  # elastic-net mix (1 = lasso)
+    pcbm_max_iter: int = Field(100, ge=1)
     ig_steps: int = Field(32, ge=2)
     analysis_per_class: int = Field(200, ge=1)
     top_m: int = Field(3, ge=1, le=5)         # concepts reported for c and the donor
@@ -56,7 +55,7 @@ class ConceptPoisonParams(MethodParams):
     patch: bool = False
     patch_size: int = Field(7, ge=1)
     integrity: bool = False                  # fine-tune on half of each retained class
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
 
@@ -104,7 +103,7 @@ class ConceptPoison(UnlearnMethod):
         else:
             bank = prototype_bank(features, labels, p.prototypes_per_class, seed=request.seed)
         scores = bank.scores(features)
-        pcbm = fit_pcbm(scores, labels, request.num_classes, p.pcbm_l1, p.pcbm_l2, p.pcbm_steps, p.pcbm_lr,
+        pcbm = fit_pcbm(scores, labels, request.num_classes, p.pcbm_C, p.pcbm_l1_ratio, p.pcbm_max_iter,
                         seed=request.seed)
         attributions = class_attributions(pcbm, scores, labels, request.num_classes, p.ig_steps,
                                           p.analysis_per_class, seed=request.seed)

@@ -14,7 +14,7 @@ from .tuning import mixed_finetune
 
 
 class NegGradParams(MethodParams):
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(1, ge=1)
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(32, ge=1)
     retain_per_forget: float = Field(1.0, gt=0)

@@ -18,8 +18,8 @@ from .tuning import ce_both, mixed_finetune, random_other_labels, saliency_mask
 
 
 class RandomLabelsParams(MethodParams):
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(0.01, gt=0)
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(32, ge=1)
     retain_per_forget: float = Field(1.0, ge=0)   # retain samples per forget sample in each step
     saliency_fraction: float = Field(1.0, gt=0, le=1)  # 1.0 = no mask
