@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from flows.commands import bench, data, services
+from flows.commands import bench, data, pipeline, services
 
-COMMAND_GROUPS = (data, bench, services)
+COMMAND_GROUPS = (data, bench, services, pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

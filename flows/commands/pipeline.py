@@ -1,0 +1,169 @@
+"""Pipeline commands: init, submit, process, serve, status, receipts, models, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+STATE_HELP = "state directory (default: $UNLEARNOPS_STATE_DIR or ~/.unlearnops)"
+
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="build the dataset, train the base model, register it as prod")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(handler=_init)
+
+    p = sub.add_parser("submit", help="validate and enqueue a deletion request (JSON file or - for stdin)")
+    p.add_argument("file", help="request JSON file, or - to read standard input")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--process", action="store_true", help="process it now in this process (no server needed)")
+    p.set_defaults(handler=_submit)
+
+    p = sub.add_parser("process", help="process queued requests now (one id, or drain the queue)")
+    p.add_argument("request_id", nargs="?", default=None)
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.set_defaults(handler=_process)
+
+    p = sub.add_parser("serve", help="serve process-request (event-triggered) and watch-queue (scheduled)")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--interval", type=int, default=60, help="watch-queue schedule in seconds")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("status", help="state, attempts and result of one request")
+    p.add_argument("request_id")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.set_defaults(handler=_status)
+
+    p = sub.add_parser("receipts", help="list deletion receipts (or show one)")
+    p.add_argument("request_id", nargs="?", default=None)
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.set_defaults(handler=_receipts)
+
+    p = sub.add_parser("models", help="model versions, stages and lineage")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--model", default=None, help="registry model name (default: all)")
+    p.set_defaults(handler=_models)
+
+    p = sub.add_parser("demo", help="end to end on a fresh state: base model, a class and a subject deletion")
+    p.add_argument("--state-dir", default=None, help="default: a new temporary directory")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(handler=_demo)
+
+
+def _runtime(args):
+    from flows.runtime import Runtime
+
+    return Runtime.from_env(args.state_dir)
+
+
+def _init(args) -> int:
+    from flows.setup import init_pipeline
+
+    rt = init_pipeline(_runtime(args).state_dir, args.params)
+    print(f"pipeline ready in {rt.state_dir}")
+    return 0
+
+
+def submit_payload(rt, payload: bytes) -> tuple[str, bool]:
+    """Validate against the current dataset version and enqueue; emits the event that triggers processing."""
+    from unlearn_core.data import read_manifest
+    from unlearn_core.methods import METHODS
+    from unlearn_core.queue import queue_params
+    from unlearn_core.requests import SubmitContext, parse_request
+
+    rt.require_initialised()
+    data_dir = rt.registry.data_dir()
+    num_classes = max(r["label"] for r in read_manifest(data_dir)) + 1
+    ctx = SubmitContext.from_data_dir(data_dir, models=rt.model_infos(num_classes), methods=set(METHODS),
+                                      substitute_root=rt.substitute_root, bucket=rt.s3.bucket,
+                                      max_payload_bytes=queue_params(rt.params).max_payload_bytes)
+    request = parse_request(payload, ctx)
+    request_id, created = rt.queue.enqueue(request)
+    if created:
+        from prefect.events import emit_event
+
+        from flows.serve import SUBMITTED_EVENT
+
+        emit_event(SUBMITTED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{request_id}",
+                                              "unlearnops.request_id": request_id})
+    return request_id, created
+
+
+def _submit(args) -> int:
+    from unlearn_core.errors import InputError
+
+    rt = _runtime(args)
+    try:
+        payload = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    except OSError as exc:
+        raise InputError("file", f"cannot read {args.file}: {exc.strerror}") from None
+    request_id, created = submit_payload(rt, payload)
+    print(f"{request_id} {'enqueued' if created else 'already submitted (same idempotency key)'}")
+    if args.process:
+        from flows.process_request import process_request
+
+        print(json.dumps(process_request(request_id=request_id, state_dir=str(rt.state_dir))))
+    return 0
+
+
+def _process(args) -> int:
+    rt = _runtime(args)
+    rt.require_initialised()
+    if args.request_id:
+        from flows.process_request import process_request
+
+        print(json.dumps(process_request(request_id=args.request_id, state_dir=str(rt.state_dir))))
+    else:
+        from flows.watch_queue import watch_queue
+
+        print(json.dumps(watch_queue(state_dir=str(rt.state_dir))))
+    return 0
+
+
+def _serve(args) -> int:
+    from flows.serve import serve_pipeline
+
+    serve_pipeline(_runtime(args), interval_s=args.interval)
+    return 0
+
+
+def _status(args) -> int:
+    print(json.dumps(_runtime(args).queue.status(args.request_id), indent=2, default=str))
+    return 0
+
+
+def _receipts(args) -> int:
+    from unlearn_core.errors import InputError
+    from unlearn_core.receipts import read_receipts, render_markdown
+
+    receipts = read_receipts(_runtime(args).receipts_dir)
+    if args.request_id:
+        match = [r for r in receipts if r["request_id"] == args.request_id]
+        if not match:
+            raise InputError("request_id", f"no receipt for {args.request_id}")
+        print(render_markdown(match[0]))
+        return 0
+    for r in receipts:
+        print(f"{r['issued_at']}  {r['request_id']}  {r['status']:<8}  {r['kind']:<7}  {r['model']}  "
+              f"{r.get('parent_version')} -> {r.get('new_version')}  deleted={len(r.get('deleted_sample_ids') or [])}")
+    return 0
+
+
+def _models(args) -> int:
+    rt = _runtime(args)
+    rt.require_initialised()
+    for name in ([args.model] if args.model else list(rt.models)):
+        for v in rt.registry.versions(name):
+            lin = v.lineage
+            print(f"{name} {v.semver} stages={','.join(v.stages) or '-'} method={lin.get('method')} "
+                  f"request={v.request_id or '-'} deleted={len(lin.get('deleted_sample_ids') or [])} "
+                  f"model_md5={v.model_md5[:10]} git={v.git_sha[:10]}")
+    return 0
+
+
+def _demo(args) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args.state_dir, args.params)

@@ -1,0 +1,104 @@
+"""Where a running pipeline keeps its state, and the objects built from it.
+
+One state directory (default ``~/.unlearnops``, env ``UNLEARNOPS_STATE_DIR``;
+never the project checkout) holds everything a deployment needs::
+
+    params.yaml        the pipeline's frozen copy of the project's params.yaml (set by `unlearn init`)
+    queue.db           the request queue (SQLite, WAL)
+    registry/          the git + DVC registry workspace (remote: the S3 bucket)
+    receipts/          deletion receipts, <request_id>.json + .md
+    substitutes/       the substitute root: local substitute paths resolve inside it
+    work/<request_id>/ per-request scratch (downloads, candidate models); purged when the request ends
+    s3/, prefect/      the embedded services of `unlearn up`
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from flows.services import default_state_dir, s3_config
+from tasks.registry import RegistryWorkspace, S3Config
+from unlearn_core.config import Params, load_params
+from unlearn_core.errors import InputError
+from unlearn_core.queue import RequestQueue, queue_params
+from unlearn_core.requests import ModelInfo
+
+SUBSTITUTE_ROOT_ENV = "UNLEARNOPS_SUBSTITUTE_ROOT"
+
+
+class ModelEntry(BaseModel):
+    """One served model in params.yaml ``models:`` (registry name -> how to handle it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    family: str = "classifier"
+    arch: str = "mnist_cnn"
+
+
+@dataclass
+class Runtime:
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls, state_dir: str | Path | None = None) -> "Runtime":
+        state = Path(state_dir).expanduser().resolve() if state_dir else default_state_dir().resolve()
+        return cls(state)
+
+    @property
+    def params_path(self) -> Path:
+        return self.state_dir / "params.yaml"
+
+    @cached_property
+    def params(self) -> Params:
+        return load_params(self.params_path)
+
+    @property
+    def queue_path(self) -> Path:
+        return self.state_dir / "queue.db"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.state_dir / "registry"
+
+    @property
+    def receipts_dir(self) -> Path:
+        return self.state_dir / "receipts"
+
+    @property
+    def substitute_root(self) -> Path:
+        return Path(os.environ.get(SUBSTITUTE_ROOT_ENV) or self.state_dir / "substitutes").resolve()
+
+    def work_dir(self, request_id: str) -> Path:
+        return self.state_dir / "work" / request_id
+
+    @cached_property
+    def s3(self) -> S3Config:
+        return s3_config(self.state_dir)
+
+    @cached_property
+    def queue(self) -> RequestQueue:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return RequestQueue.from_params(self.queue_path, queue_params(self.params))
+
+    @cached_property
+    def registry(self) -> RegistryWorkspace:
+        return RegistryWorkspace(self.registry_dir, self.s3, (self.params.model_extra or {}).get("registry"))
+
+    @cached_property
+    def models(self) -> dict[str, ModelEntry]:
+        raw = (self.params.model_extra or {}).get("models") or {"mnist-cnn": {}}
+        try:
+            return {name: ModelEntry.model_validate(entry or {}) for name, entry in raw.items()}
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InputError("params.yaml: models." + ".".join(map(str, err["loc"])), err["msg"]) from None
+
+    def model_infos(self, num_classes: int) -> dict[str, ModelInfo]:
+        return {name: ModelInfo(entry.family, num_classes) for name, entry in self.models.items()}
+
+    def require_initialised(self) -> None:
+        if not self.params_path.exists() or not self.registry.exists():
+            raise InputError("state_dir", f"{self.state_dir} has no initialised pipeline (run `unlearn init`)")

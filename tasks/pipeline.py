@@ -1,0 +1,151 @@
+"""Prefect tasks of ``process-request``: thin wrappers over unlearn_core, GX validation and the registry.
+
+Caching is off for every task (``NO_CACHE``): inputs are datasets and models,
+which must neither be hashed into cache keys nor persisted as results; a
+forgotten sample must not survive in Prefect's storage. Logs carry request
+ids, counts and versions, never sample bytes or secrets.
+"""
+from __future__ import annotations
+
+import shutil
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from flows.runtime import Runtime
+from tasks.registry import PushError, Version
+from tasks.substitute import fetch_substitute
+from tasks.validation import ValidationReport, validate_forget_set, validate_request, validate_substitute
+from unlearn_core.config import method_config
+from unlearn_core.data import Dataset, load_dataset, read_manifest, read_tombstones, tombstone
+from unlearn_core.gates import GateOutcome, evaluate_gates, gates_params, thresholds_for
+from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
+from unlearn_core.metrics import classifier_report
+from unlearn_core.models import load_model, pick_device, save_model
+from unlearn_core.queue import Lease
+from unlearn_core.requests import DeletionRequest
+
+GPU_LIMIT = "gpu"
+
+
+@task(name="claim-request", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def claim_request(rt: Runtime, request_id: str | None, worker_id: str) -> Lease | None:
+    if request_id:
+        return rt.queue.claim_id(request_id, worker_id)
+    return rt.queue.claim(worker_id)
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(rt: Runtime, request: DeletionRequest, forget_rows: list[dict], workdir: Path,
+             image_shape: tuple[int, int, int], num_classes: int, train_ids: set[str]
+             ) -> tuple[list[ValidationReport], np.ndarray | None]:
+    """GX suites over the request, the resolved forget set and (if any) the substitute data."""
+    data_dir = rt.registry.data_dir()
+    manifest_ids = {r["sample_id"] for r in read_manifest(data_dir)}
+    tombstoned = {t["sample_id"] for t in read_tombstones(data_dir)}
+    reports = [
+        validate_request(request),
+        validate_forget_set(pd.DataFrame(forget_rows), manifest_ids, tombstoned, num_classes, request.kind,
+                            train_size=len(train_ids)),
+    ]
+    substitute = None
+    if request.substitute:
+        vp = (rt.params.model_extra or {}).get("validation") or {}
+        images, labels = fetch_substitute(request.substitute, rt.substitute_root, rt.s3, workdir,
+                                          image_shape=image_shape, max_bytes=vp.get("substitute_max_bytes"))
+        if request.kind == "class":
+            reports.append(validate_substitute(images, labels, image_shape, num_classes, request.forget.class_,
+                                               train_ids, vp.get("substitute_min_rows", 1),
+                                               vp.get("substitute_max_rows", 5000)))
+        substitute = images
+    return reports, substitute
+
+
+@cache
+def ensure_gpu_limit() -> None:
+    """Create the ``gpu`` global concurrency limit (1 slot) if the API has none yet."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+
+
+@task(name="unlearn", cache_policy=NO_CACHE)
+def run_unlearning(parent: torch.nn.Module, method: str, config: dict, request: ForgetRequest
+                   ) -> tuple[torch.nn.Module, UnlearnResult]:
+    """Run one method while holding a slot of the ``gpu`` global concurrency limit."""
+    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+        return get_method(method)(parent, config, pick_device()).unlearn(request)
+
+
+@task(name="evaluate-gates", cache_policy=NO_CACHE)
+def evaluate(rt: Runtime, kind: str, method: str, parent_report: dict, model: torch.nn.Module,
+             dataset: Dataset, request: ForgetRequest) -> tuple[dict, GateOutcome]:
+    report = classifier_report(model, dataset.train, dataset.test, request.forget_mask, request.forget_class,
+                               original=None, seed=request.seed)
+    limits = thresholds_for(gates_params(rt.params), method)
+    return report, evaluate_gates(kind, parent_report, report, limits, int(request.forget_mask.sum()))
+
+
+@task(name="commit-version", cache_policy=NO_CACHE)
+def commit_version(rt: Runtime, model_name: str, model: torch.nn.Module, arch: str, num_classes: int,
+                   in_channels: int, request: DeletionRequest, lineage: dict, deleted_ids: list[str],
+                   workdir: Path) -> Version:
+    """Commit model + tombstoned dataset + lineage into the registry workspace (no push yet)."""
+    path = workdir / "model.pt"
+    save_model(model.cpu(), arch, num_classes, in_channels, path)
+    return rt.registry.commit_version(
+        model_name, path, request.request_id, lineage, deleted_ids,
+        dataset_change=lambda data_dir: tombstone(data_dir, deleted_ids, request.request_id))
+
+
+@task(name="push-version", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def push_version(rt: Runtime) -> None:
+    """``dvc push`` to S3; retried when S3 is down. Nothing is promoted before it succeeds."""
+    try:
+        rt.registry.push()
+    except PushError:
+        get_run_logger().warning("dvc push failed; S3 unreachable? (retrying)")
+        raise
+
+
+@task(name="promote-version", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def promote_version(rt: Runtime, model_name: str, version: Version) -> None:
+    rt.registry.promote(model_name, version.number, "prod")
+
+
+@task(name="erase-superseded-data", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def erase_superseded_data(rt: Runtime) -> int:
+    """Older dataset versions still hold the deleted samples' bytes: erase them (cache and bucket)."""
+    return len(rt.registry.purge_superseded_data())
+
+
+def load_parent(rt: Runtime, model_name: str) -> tuple[torch.nn.Module, Version, Dataset]:
+    parent = rt.registry.prod(model_name)
+    if parent is None:
+        raise RuntimeError(f"model {model_name} has no prod version")
+    model, _ = load_model(rt.registry.model_path(model_name, parent), pick_device())
+    return model, parent, load_dataset(rt.registry.data_dir())
+
+
+def method_attempts(rt: Runtime, method: str) -> list[tuple[str, dict]]:
+    """The plan: the method, once more with the stronger ``gates.retry`` settings, then exact retraining."""
+    base = method_config(rt.params, method)
+    plan = [(method, base)]
+    stronger = gates_params(rt.params).retry.get(method)
+    if stronger and method != "retrain":
+        plan.append((method, {**base, **stronger}))
+    if method != "retrain":
+        plan.append(("retrain", rt.params.train.model_dump(exclude={"model"})))
+    return plan
+
+
+def purge(workdir: Path) -> None:
+    """Remove every per-request copy of forget/substitute data and candidate models."""
+    shutil.rmtree(workdir, ignore_errors=True)
