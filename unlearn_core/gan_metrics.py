@@ -50,9 +50,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
-def feature_fid(reference: nn.Module, real_x: torch.Tensor, fake_x: torch.Tensor) -> float:
-    return frechet_distance(extract_features(reference, real_x).double().numpy(),
-                            extract_features(reference, fake_x).double().numpy())
+def features(reference: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Penultimate features of the reference classifier as float64 [N, d]."""
+    return extract_features(reference, x).double().numpy()
+
+
+def feature_fid(reference: nn.Module, real: torch.Tensor | np.ndarray, fake_x: torch.Tensor) -> float:
+    """``real`` is images or their precomputed :func:`features` (reused across models)."""
+    real_f = real if isinstance(real, np.ndarray) else features(reference, real)
+    return frechet_distance(real_f, features(reference, fake_x))
 
 
 def class_rate(reference: nn.Module, fake_x: torch.Tensor, c: int) -> float:
@@ -91,11 +97,15 @@ def downstream_accuracy(gan: GAN, test: Split, reference: nn.Module | None = Non
 
 
 def gan_report(gan: GAN, request, reference: nn.Module, holdout: Split | None = None,
-               settings: dict | None = None) -> dict:
-    """The metrics of one GAN for one request: fid, class_rate, membership_auc, downstream_acc."""
+               settings: dict | None = None, real_features: np.ndarray | None = None) -> dict:
+    """The metrics of one GAN for one request: fid, class_rate, membership_auc, downstream_acc.
+
+    ``real_features``: precomputed :func:`features` of ``request.retain.x``.
+    """
     s = {**GATE_DEFAULTS, **(settings or {})}
     fake, _ = sample(gan, s["n_samples"], seed=s["seed"])
-    out = {"fid": feature_fid(reference, request.retain.x, fake), "class_rate": None,
+    real = real_features if real_features is not None else request.retain.x
+    out = {"fid": feature_fid(reference, real, fake), "class_rate": None,
            "membership_auc": None, "downstream_acc": None}
     if request.kind == "class":
         out["class_rate"] = class_rate(reference, fake, request.forget_class)
@@ -126,8 +136,9 @@ def gan_gate_report(before: GAN, after: GAN, request, reference_classifier: nn.M
     s = {**GATE_DEFAULTS, **(gates or {})}
     if request.kind == "samples" and holdout is None:
         raise InputError("holdout", "the membership gate of an item request needs held-out real images")
-    b = gan_report(before, request, reference_classifier, holdout, s)
-    a = gan_report(after, request, reference_classifier, holdout, s)
+    real = features(reference_classifier, request.retain.x)
+    b = gan_report(before, request, reference_classifier, holdout, s, real)
+    a = gan_report(after, request, reference_classifier, holdout, s, real)
     report = {f"{k}_{when}": v for when, r in (("before", b), ("after", a)) for k, v in r.items()
               if v is not None}
     report["fid_ratio"] = a["fid"] / b["fid"] if b["fid"] > 0 else float("inf")

@@ -12,6 +12,8 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
     gan.add_argument("--quick", action="store_true", help="1 seed, 2-epoch GAN, small metric samples (smoke run)")
     gan.add_argument("--params", default="params.yaml")
     gan.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
+    gan.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (1: stable timings on a shared machine)")
     gan.add_argument("--out", required=True, help="output directory")
     gan.set_defaults(handler=_bench_gan)
 
@@ -22,8 +24,13 @@ def _bench_gan(args) -> int:
     from unlearn_core.config import load_params
     from unlearn_core.errors import InputError
 
+    import torch
+
     if args.seeds < 1:
         raise InputError("--seeds", "must be >= 1")
+    if args.threads < 1:
+        raise InputError("--threads", "must be >= 1")
+    torch.set_num_threads(args.threads)
     params = load_params(args.params)
     ds = load_bench_dataset(args.data)
     if not 0 <= args.forget_class < ds.num_classes:
