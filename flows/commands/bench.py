@@ -5,7 +5,7 @@ import argparse
 
 # Other benchmark groups: modules in flows/commands/ exposing ``register_bench(kinds)``,
 # which adds their ``unlearn bench NAME`` sub-command to ``kinds``.
-BENCH_MODULES: tuple[str, ...] = ("bench_classifiers", "bench_gan")
+BENCH_MODULES: tuple[str, ...] = ("bench_classifiers", "bench_gan", "bench_pipeline")
 
 
 def _class_list(text: str) -> list[int]:
