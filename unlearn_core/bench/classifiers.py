@@ -81,10 +81,16 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
                 if kind != "class":
                     r["Fr"] = None
             rows.extend(group)
+            result = _write(rows, out_dir, classes, fractions, seeds, quick, str(device), train_p, params)
+    return result
+
+
+def _write(rows, out_dir, classes, fractions, seeds, quick, device, train_p, params) -> dict:
+    """(Re)write the report from the rows so far: a long run that is stopped keeps its finished scenarios."""
     summary = summarize(rows, ("scenario", "kind", "method"), METRICS)
-    md = _markdown(summary, classes, fractions, seeds, str(device), train_p.model)
+    md = _markdown(summary, classes, fractions, seeds, device, train_p.model)
     meta = {"classes": classes, "fractions": fractions, "seeds": seeds, "quick": quick,
-            "train": train_p.model_dump(),
+            "seeds_done": sorted({r["seed"] for r in rows}), "train": train_p.model_dump(),
             "methods": {m: method_config(params, m) for m in sorted(set(CLASS_METHODS) | set(SAMPLE_METHODS))}}
     paths = write_report(out_dir, "classifiers", rows, md, meta)
     paths["plot"] = _plot(summary, Path(out_dir) / "classifiers.png")

@@ -75,10 +75,10 @@ class ConceptPoison(UnlearnMethod):
     Params = ConceptPoisonParams
 
     def check(self, request: ForgetRequest) -> None:
-        super().check(request)
         c = request.forget_class
-        if not bool((request.train.y == c).any()):
+        if isinstance(c, int) and 0 <= c < request.num_classes and not bool((request.train.y == c).any()):
             raise InputError("forget_class", f"class {c} has no training samples")
+        super().check(request)
         self._concepts = None
         if self.params.concept_dir is not None:
             self._concepts = load_concept_folders(self.params.concept_dir, tuple(request.train.x.shape[1:]),
