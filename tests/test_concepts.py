@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from unlearn_core.concepts import (cav_bank, class_attributions, fit_pcbm, load_concept_folders, prototype_bank,
-                                   select_donor, top_concepts)
+from unlearn_core.concepts import (cav_bank, class_attributions, fit_pcbm, load_concept_folders, paste_donor_patch,
+                                   prototype_bank, select_donor, top_concepts)
 from unlearn_core.errors import InputError
 from unlearn_core.methods import ForgetRequest, get_method
 from unlearn_core.training import extract_features, train_classifier
@@ -100,6 +100,24 @@ def test_concept_poison_names_the_planted_concept_and_forgets(planted, tmp_path)
     assert d["donor_class"] != PLANTED and len(d["donor_concepts"]) == 3
     forget_acc = (new(train.x[train.y == PLANTED]).argmax(1) == PLANTED).float().mean()
     assert forget_acc <= 0.05
+
+
+def test_donor_patch_is_pasted_into_one_window_per_image(planted):
+    train, model, concepts = planted
+    feats = extract_features(model, train.x)
+    bank = cav_bank(model, concepts, feats[:300])
+    forget = train.x[train.y == PLANTED][:8]
+    donors = train.x[train.y == 5][:20]
+    out = paste_donor_patch(model, forget, donors, bank, bank.names.index("square"), bank.names.index("bar"), 5)
+    changed = (out != forget).flatten(1)
+    assert changed.any(1).all()
+    patches = set()
+    for img, new in zip(forget, out):
+        rows, cols = torch.nonzero((img != new)[0], as_tuple=True)
+        assert rows.max() - rows.min() < 5 and cols.max() - cols.min() < 5  # inside one 5x5 window
+        r0, c0 = rows.min().item(), cols.min().item()
+        patches.add(new[0, r0:r0 + 5, c0:c0 + 5].sum().item() > 0)
+    assert patches == {True}
 
 
 def test_prototype_bank_names_concepts_by_class(mnist):
