@@ -8,7 +8,6 @@ the weights most salient to the forget loss move (SalUn, Fan et al. 2024).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from pydantic import Field
 
