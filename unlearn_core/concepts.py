@@ -144,7 +144,8 @@ def fit_pcbm(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, C: fl
     return pcbm.eval()
 
 
-def concept_attributions(pcbm: Pcbm, scores: torch.Tensor, target: torch.Tensor, n_steps: int = 32) -> torch.Tensor:
+def concept_attributions(pcbm: Pcbm, scores: torch.Tensor, target: int | torch.Tensor,
+                         n_steps: int = 32) -> torch.Tensor:
     """Integrated Gradients of each sample's ``target`` logit w.r.t. its concept
     scores, [N, concepts] (baseline: the mean concept scores, an "average" input)."""
     baseline = pcbm.mean.expand_as(scores)
@@ -153,18 +154,19 @@ def concept_attributions(pcbm: Pcbm, scores: torch.Tensor, target: torch.Tensor,
 
 
 def class_attributions(pcbm: Pcbm, scores: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       n_steps: int = 32, max_per_class: int = 200, seed: int = 0) -> torch.Tensor:
+                       n_steps: int = 32, max_per_class: int = 100, seed: int = 0) -> torch.Tensor:
     """[classes, concepts]: each class's mean IG attribution (its own logit) over up
-    to ``max_per_class`` of its samples; NaN rows for absent classes."""
+    to ``max_per_class`` of its samples; NaN rows for absent classes. One captum
+    call per class: a single call with per-sample targets scales badly."""
     gen = torch.Generator().manual_seed(seed)
-    picks = []
+    rows = []
     for cls in range(num_classes):
         idx = torch.nonzero(labels == cls).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:max_per_class]])
-    idx = torch.cat(picks)
-    attr = concept_attributions(pcbm, scores[idx], labels[idx], n_steps)
-    rows = [attr[labels[idx] == cls].mean(0) if len(picks[cls]) else torch.full((scores.shape[1],), float("nan"))
-            for cls in range(num_classes)]
+        if len(idx) == 0:
+            rows.append(torch.full((scores.shape[1],), float("nan")))
+            continue
+        idx = idx[torch.randperm(len(idx), generator=gen)[:max_per_class]]
+        rows.append(concept_attributions(pcbm, scores[idx], cls, n_steps).mean(0))
     return torch.stack(rows)
 
 

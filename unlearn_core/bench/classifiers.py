@@ -10,6 +10,7 @@ on a validation slice of train); the test split is only evaluated.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -32,8 +33,10 @@ SHOWN = ("forget_acc", "RA", "TA", "TA_retained", "MIA_efficacy", "Fr", "avg_gap
 
 
 def scenarios(classes: list[int], fractions: list[float]) -> list[tuple[str, str, float | int]]:
-    return [("class", f"class-{c}", c) for c in classes] + \
-           [("samples", f"samples-{f * 100:g}%", f) for f in fractions]
+    """Class and sample scenarios interleaved, in the order given."""
+    by_class = [("class", f"class-{c}", c) for c in classes]
+    by_samples = [("samples", f"samples-{f * 100:g}%", f) for f in fractions]
+    return [s for pair in itertools.zip_longest(by_class, by_samples) for s in pair if s is not None]
 
 
 def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float], seeds: int,
@@ -41,11 +44,14 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
     device = pick_device()
     train_p = params.train.model_copy(update={"epochs": 1} if quick else {})
     rows: list[dict] = []
+    bases = []
     for seed in range(seeds):
         base = build_model(train_p.model, ds.num_classes, ds.image_shape[0]).to(device)
-        train_classifier(base, ds.train.x, ds.train.y, epochs=train_p.epochs, lr=train_p.lr,
-                         batch_size=train_p.batch_size, seed=seed, weight_decay=train_p.weight_decay)
-        for kind, name, target in scenarios(classes, fractions):
+        bases.append(train_classifier(base, ds.train.x, ds.train.y, epochs=train_p.epochs, lr=train_p.lr,
+                                      batch_size=train_p.batch_size, seed=seed, weight_decay=train_p.weight_decay))
+    # scenario-major: a run stopped early still has every seed of its finished scenarios
+    for kind, name, target in scenarios(classes, fractions):
+        for seed, base in enumerate(bases):
             if kind == "class":
                 forget_mask = (ds.train.y == target).numpy()
                 request = ForgetRequest("class", ds.train, forget_mask, ds.num_classes, train_p.model,

@@ -37,7 +37,7 @@ from ..data import Split
 from ..errors import InputError
 from ..training import extract_features, seed_everything, train_classifier
 from .base import ForgetRequest, MethodParams, UnlearnMethod
-from .tuning import random_other_labels
+from .tuning import random_other_labels, single_thread
 
 
 class ConceptPoisonParams(MethodParams):
@@ -48,7 +48,7 @@ class ConceptPoisonParams(MethodParams):
     pcbm_l1_ratio: float = Field(0.5, ge=0, le=1)  # elastic-net mix (1 = lasso)
     pcbm_max_iter: int = Field(100, ge=1)
     ig_steps: int = Field(32, ge=2)
-    analysis_per_class: int = Field(200, ge=1)
+    analysis_per_class: int = Field(100, ge=1)
     top_m: int = Field(3, ge=1, le=5)         # concepts reported for c and the donor
     donor_top_k: int = Field(5, ge=1)
     poison: Literal["targeted", "random"] = "targeted"
@@ -87,16 +87,19 @@ class ConceptPoison(UnlearnMethod):
             raise InputError("concept_poison.patch_size", "larger than the images")
 
     def _run(self, model: nn.Module, request: ForgetRequest) -> tuple[nn.Module, dict]:
-        p = self.params
-        c = request.forget_class
         gen = seed_everything(request.seed)
         forget = request.forget
-        retain = half_per_class(request.retain, request.seed) if p.integrity else request.retain
+        retain = half_per_class(request.retain, request.seed) if self.params.integrity else request.retain
         f_retain = extract_features(model, retain.x)
         f_forget = extract_features(model, forget.x)
+        with single_thread():  # small sequential ops; thread sync costs more than it saves
+            return self._concept_poison(model, request, retain, forget, f_retain, f_forget, gen)
+
+    def _concept_poison(self, model, request, retain, forget, f_retain, f_forget, gen) -> tuple[nn.Module, dict]:
+        p = self.params
+        c = request.forget_class
         features = torch.cat([f_retain, f_forget])
         labels = torch.cat([retain.y, forget.y])
-
         if self._concepts is not None:
             pick = torch.randperm(len(f_retain), generator=gen)[:p.cav_random_examples]
             bank = cav_bank(model, self._concepts, f_retain[pick], seed=request.seed)

@@ -5,6 +5,7 @@ the forget/retain mixed loop that random labels, SalUn and NegGrad+ share.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -13,6 +14,18 @@ import torch.nn.functional as F
 
 from ..data import Split
 from ..training import seed_everything
+
+
+@contextmanager
+def single_thread():
+    """Run a block of many tiny torch ops on one thread. On a busy CPU, intra-op
+    thread synchronisation made a linear-head fine-tune ~20x slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_other_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
