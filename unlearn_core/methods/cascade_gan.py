@@ -33,9 +33,12 @@ decision is listed here and in docs/gan_unlearning.md.
      retained image); all other latents are anchored.
    G runs in eval mode (BatchNorm statistics frozen), so the anchor compares
    like with like and retained generation is not disturbed by the batches.
-4. Stopping rule. After ``min_rounds``, stop as soon as D's mean score on the
-   forget images is at or below its mean score on held-out real images
-   (+ ``stop_margin``); otherwise stop after ``rounds`` (K). For class
+4. Stopping rule. After ``min_rounds_*``, stop as soon as D's mean score on
+   the forget images is at or below its mean score on held-out real images
+   (+ ``stop_margin``); otherwise stop after ``rounds`` (K). With
+   ``stop_statistic: auc`` the rule compares whole score distributions
+   instead: stop when the rank AUC of forget vs held-out scores is <= 0.5 +
+   margin (stricter: equal means can hide a separable ordering). For class
    unlearning the held-out images are those of the retained classes (class-c
    images are what D now rejects).
 
@@ -77,6 +80,7 @@ class CascadeGanParams(MethodParams):
     latent_pool: int = Field(1024, ge=16)
     donor_samples: int = Field(64, ge=1)
     holdout_size: int = Field(256, ge=8)
+    stop_statistic: Literal["mean", "auc"] = "mean"
     stop_margin: float = 0.0
     seed: int = 0
 
@@ -178,6 +182,15 @@ class CascadeGan(UnlearnMethod):
             with torch.no_grad():
                 return float(torch.sigmoid(D(x, lab(y))).mean())
 
+        def reached() -> bool:
+            """Stop rule: D's forget scores have come down to its held-out scores."""
+            with torch.no_grad():
+                sf, sh = D(xf, lab(yf)), D(xh, lab(yh))
+            if p.stop_statistic == "mean":
+                return float(torch.sigmoid(sf).mean()) <= float(torch.sigmoid(sh).mean()) + p.stop_margin
+            above = (sf[:, None] > sh[None, :]).float() + 0.5 * (sf[:, None] == sh[None, :]).float()
+            return float(above.mean()) <= 0.5 + p.stop_margin  # rank AUC, forget vs held-out
+
         rounds_run, stopped = 0, "max_rounds"
         score_before = (d_score(xf, yf), d_score(xh, yh))
         for r in range(p.rounds):
@@ -202,7 +215,7 @@ class CascadeGan(UnlearnMethod):
             opt_g.step()
             D.requires_grad_(True)
             rounds_run = r + 1
-            if rounds_run >= (p.min_rounds_class if c is not None else p.min_rounds_item) and d_score(xf, yf) <= d_score(xh, yh) + p.stop_margin:
+            if rounds_run >= (p.min_rounds_class if c is not None else p.min_rounds_item) and reached():
                 stopped = "forget_score_reached_holdout"
                 break
         if conditioning_only:
