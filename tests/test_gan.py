@@ -179,6 +179,9 @@ def test_gate_report_keys_and_verdict(cgan, train_slice, holdouts, trained_cnn):
     assert report["class_rate_before"] == report["class_rate_after"] > 0
     assert report["passed"] is False and report["failures"] == ["class_rate"]
     assert {"fid_before", "fid_after", "membership_auc_before", "membership_auc_after"} <= report.keys()
+    with pytest.raises(InputError) as err:
+        gan_gate_report(cgan, cgan, request, trained_cnn, gates={"max_fid": 1.0})
+    assert err.value.field == "gan_gates.max_fid"
     with pytest.raises(InputError):
         gan_gate_report(cgan, cgan, ForgetRequest("samples", train_slice, (train_slice.y == 0).numpy(), 10,
                                                   "dcgan"), trained_cnn)

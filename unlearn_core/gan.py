@@ -20,7 +20,6 @@ class the conditional GAN does not have cannot be requested (see ``check_labels`
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -192,10 +191,6 @@ def train_gan(gan: GAN, x: torch.Tensor, y: torch.Tensor | None, epochs: int, ba
             opt_g.step()
         steps.set_postfix(loss_d=loss_d.item(), loss_g=loss_g.item())
     return gan.eval()
-
-
-def clone(gan: GAN) -> GAN:
-    return copy.deepcopy(gan)
 
 
 def save_gan(gan: GAN, path: str | Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from scipy import linalg
 from sklearn.metrics import roc_auc_score
 
@@ -132,6 +131,9 @@ def gan_gate_report(before: GAN, after: GAN, request, reference_classifier: nn.M
     better; reported, not gated). ``passed`` and ``failures`` (names of the
     failed gates) summarise.
     """
+    unknown = set(gates or {}) - set(GATE_DEFAULTS)
+    if unknown:
+        raise InputError(f"gan_gates.{sorted(unknown)[0]}", f"unknown setting; known: {', '.join(GATE_DEFAULTS)}")
     s = {**GATE_DEFAULTS, **(gates or {})}
     if request.kind == "samples" and holdout is None:
         raise InputError("holdout", "the membership gate of an item request needs held-out real images")
