@@ -31,7 +31,7 @@ def run_demo(state_dir: str | None, params_path: str) -> int:
     from unlearn_core.receipts import render_markdown
 
     print(f"== UnlearnOps demo, state in {state}")
-    rt = init_pipeline(state, params_path)
+    rt = init_pipeline(state, params_path, models=["mnist-cnn"])
     try:
         ds = load_dataset(rt.registry.data_dir())
         held_out = (ds.test.x[ds.test.y == DEMO_CLASS] * 255).round().byte().numpy()

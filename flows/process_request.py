@@ -26,13 +26,10 @@ from tasks.registry import Version
 from unlearn_core.data import read_manifest
 from unlearn_core.errors import InputError
 from unlearn_core.forget import build_forget_request, resolve_forget_rows
-from unlearn_core.metrics import classifier_report
 from unlearn_core.queue import Lease
 from unlearn_core.receipts import build_receipt, render_markdown, write_receipt
 from unlearn_core.requests import DeletionRequest
-
-REPORT_KEYS = ("UA", "RA", "TA", "TA_retained", "TA_forget", "MIA_efficacy", "Fs")
-
+from unlearn_core.selection import select_method as auto_method
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -49,13 +46,8 @@ def code_version() -> str:
 
 
 def select_method(request: DeletionRequest, family: str, has_substitute: bool) -> str:
-    if request.method != "auto":
-        return request.method
-    try:
-        from unlearn_core.selection import select_method as auto
-    except ImportError:  # before the classifier methods land: LRA-NPP or exact retraining
-        return "lra_npp" if request.kind == "class" and has_substitute else "retrain"
-    return auto(request.kind, family, has_substitute)
+    """The request's method, or the ``auto`` table's choice (unlearn_core.selection)."""
+    return request.method if request.method != "auto" else auto_method(request.kind, family, has_substitute)
 
 
 @flow(name="process-request", log_prints=False)
@@ -102,12 +94,13 @@ def _handle(rt: Runtime, lease: Lease, workdir: Path) -> dict:
     if request.model not in rt.models:
         raise InputError("model", f"unknown model {request.model!r}")
     entry = rt.models[request.model]
+    family = rt.family(request.model)
     earlier = [v for v in rt.registry.versions(request.model) if v.request_id == request.request_id]
     if earlier:  # a previous attempt committed it, then died: finish that version, make no other
         log.info("request %s resumes %s %s", request.request_id, request.model, earlier[-1].semver)
         return _publish(rt, lease, earlier[-1], workdir, stamps, resumed=True)
 
-    parent_model, parent, dataset = t.load_parent(rt, request.model)
+    parent_model, parent, dataset = t.load_parent(rt, request.model, family)
     forget_rows = resolve_forget_rows(request, read_manifest(rt.registry.data_dir()))
     forget_ids = sorted(r["sample_id"] for r in forget_rows)
     reports, substitute = t.validate(rt, request, forget_rows, workdir, dataset.image_shape,
@@ -119,45 +112,46 @@ def _handle(rt: Runtime, lease: Lease, workdir: Path) -> dict:
 
     method = select_method(request, entry.family, substitute is not None)
     forget_request = build_forget_request(request, dataset, entry.arch, forget_ids, substitute)
-    parent_report = classifier_report(parent_model, dataset.train, dataset.test, forget_request.forget_mask,
-                                      forget_request.forget_class)
+    parent_report = family.parent_report(parent_model, dataset, forget_request)
     attempts, chosen = [], None
-    for name, config in t.method_attempts(rt, method):
-        lease_alive = rt.queue.heartbeat(lease)
-        if not lease_alive:
+    for name, config in t.method_attempts(rt, method, family):
+        if not rt.queue.heartbeat(lease):
             raise RuntimeError("lease lost while processing; another worker owns the request now")
-        model, result = t.run_unlearning(parent_model, name, config, forget_request)
-        report, gates = t.evaluate(rt, forget_request.kind, name, parent_report, model, dataset, forget_request)
+        model, result = t.run_unlearning(parent_model, name, config, forget_request,
+                                         family.method_kwargs(name, dataset))
+        report, gates = t.evaluate(family, name, parent_model, parent_report, model, dataset, forget_request)
         attempts.append({"method": name, "params": result.params, "time_s": result.time_s,
-                         "peak_mem_bytes": result.peak_mem_bytes, "metrics": report, "gates": gates.to_dict(),
-                         "details": {k: v for k, v in result.details.items() if k != "path"}})
+                         "peak_mem_bytes": result.peak_mem_bytes, "metrics": report, "gates": gates,
+                         "details": _details(result.details)})
         log.info("request %s: %s gates %s %s", request.request_id, name,
-                 "pass" if gates.passed else "fail", gates.failed())
-        if gates.passed:
+                 "pass" if gates["passed"] else "fail", gates["summary"])
+        if gates["passed"]:
             chosen = (model, attempts[-1])
             break
     stamps["unlearned_at"] = _now()
     if chosen is None:
-        receipt = _receipt(request, "failed", method, forget_ids, parent.semver, None, parent_report, None,
+        receipt = _receipt(request, "failed", method, forget_ids, parent.semver, None,
+                           family.headline(parent_report), None,
                            attempts, reports, stamps, reason="no attempt passed the gates, exact retraining included")
         write_receipt(rt.receipts_dir, receipt)
         rt.queue.fail(lease, "gates failed after escalation to exact retraining")
         return receipt
 
     model, attempt = chosen
-    lineage = {"arch": entry.arch, "method": attempt["method"],
+    lineage = {"arch": entry.arch, "family": family.name, "method": attempt["method"],
                "params": attempt["params"], "kind": request.kind, "subject_id": request.subject_id,
-               "metrics_before": _pick(parent_report), "metrics_after": _pick(attempt["metrics"]),
+               "metrics_before": family.headline(parent_report), "metrics_after": family.headline(attempt["metrics"]),
                "gates": attempt["gates"], "attempts": [a["method"] for a in attempts],
                "code_version": code_version(), "parent_version": parent.semver,
                "stamps": stamps, "requested_method": request.method}
-    version = t.commit_version(rt, request.model, model, entry.arch, dataset.num_classes, dataset.image_shape[0],
-                               request, lineage, forget_ids, workdir)
+    version = t.commit_version(rt, family, request.model, model, dataset, request, lineage, forget_ids, workdir)
     return _publish(rt, lease, version, workdir, stamps, attempts=attempts, reports=reports)
 
 
-def _pick(report: dict) -> dict:
-    return {k: float(report[k]) for k in REPORT_KEYS if k in report}
+def _details(details: dict) -> dict:
+    """Method details worth a receipt: small JSON values (no neuron lists, no tensors)."""
+    return {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool)) or
+            (isinstance(v, (list, dict)) and len(v) <= 20)}
 
 
 def _publish(rt: Runtime, lease: Lease, version: Version, workdir: Path, stamps: dict, resumed: bool = False,
@@ -190,7 +184,7 @@ def _receipt(request: DeletionRequest, status: str, method, deleted, parent_vers
     return build_receipt(request_id=request.request_id, status=status, kind=request.kind, model=request.model,
                          subject_id=request.subject_id, method=method, deleted_sample_ids=list(deleted),
                          parent_version=parent_version, new_version=new_version,
-                         metrics_before=_pick(before) if before else None, metrics_after=after,
+                         metrics_before=before or None, metrics_after=after,
                          attempts=attempts, gates=attempts[-1]["gates"] if attempts else None,
                          validation=[r.to_dict() for r in reports], timestamps=stamps, storage=storage,
                          reason=reason)

@@ -96,8 +96,20 @@ class Runtime:
             err = exc.errors()[0]
             raise InputError("params.yaml: models." + ".".join(map(str, err["loc"])), err["msg"]) from None
 
+    def family(self, model_name: str):
+        """The family object (tasks.families) that loads, saves, trains and gates this model."""
+        from tasks.families import FAMILIES
+
+        entry = self.models[model_name]
+        if entry.family not in FAMILIES:
+            raise InputError(f"params.yaml: models.{model_name}.family",
+                             f"unknown family {entry.family!r}; known: {', '.join(FAMILIES)}")
+        return FAMILIES[entry.family](self.params, entry.arch, self.state_dir)
+
     def model_infos(self, num_classes: int) -> dict[str, ModelInfo]:
-        return {name: ModelInfo(entry.family, num_classes) for name, entry in self.models.items()}
+        """Served models that have a prod version in the registry (what a request may name)."""
+        served = {name for name in self.models if self.registry.prod(name) is not None}
+        return {name: ModelInfo(entry.family, num_classes) for name, entry in self.models.items() if name in served}
 
     def require_initialised(self) -> None:
         if not self.params_path.exists() or not self.registry.exists():

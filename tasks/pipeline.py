@@ -24,10 +24,9 @@ from tasks.substitute import fetch_substitute
 from tasks.validation import ValidationReport, validate_forget_set, validate_request, validate_substitute
 from unlearn_core.config import method_config
 from unlearn_core.data import Dataset, load_dataset, read_manifest, read_tombstones, tombstone
-from unlearn_core.gates import GateOutcome, evaluate_gates, gates_params, thresholds_for
+from unlearn_core.gates import gates_params
 from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
-from unlearn_core.metrics import classifier_report
-from unlearn_core.models import load_model, pick_device, save_model
+from unlearn_core.models import pick_device
 from unlearn_core.queue import Lease
 from unlearn_core.requests import DeletionRequest
 
@@ -77,29 +76,26 @@ def ensure_gpu_limit() -> None:
 
 
 @task(name="unlearn", cache_policy=NO_CACHE)
-def run_unlearning(parent: torch.nn.Module, method: str, config: dict, request: ForgetRequest
-                   ) -> tuple[torch.nn.Module, UnlearnResult]:
+def run_unlearning(parent: torch.nn.Module, method: str, config: dict, request: ForgetRequest,
+                   method_kwargs: dict) -> tuple[torch.nn.Module, UnlearnResult]:
     """Run one method while holding a slot of the ``gpu`` global concurrency limit."""
     with concurrency(GPU_LIMIT, occupy=1, strict=False):
-        return get_method(method)(parent, config, pick_device()).unlearn(request)
+        return get_method(method)(parent, config, pick_device(), **method_kwargs).unlearn(request)
 
 
 @task(name="evaluate-gates", cache_policy=NO_CACHE)
-def evaluate(rt: Runtime, kind: str, method: str, parent_report: dict, model: torch.nn.Module,
-             dataset: Dataset, request: ForgetRequest) -> tuple[dict, GateOutcome]:
-    report = classifier_report(model, dataset.train, dataset.test, request.forget_mask, request.forget_class,
-                               original=None, seed=request.seed)
-    limits = thresholds_for(gates_params(rt.params), method)
-    return report, evaluate_gates(kind, parent_report, report, limits, int(request.forget_mask.sum()))
+def evaluate(family, method: str, parent, parent_report: dict, model, dataset: Dataset,
+             request: ForgetRequest) -> tuple[dict, dict]:
+    """The family's metrics of the candidate and its gate verdict (``passed``, checks, ``summary``)."""
+    return family.evaluate(method, parent, parent_report, model, dataset, request)
 
 
 @task(name="commit-version", cache_policy=NO_CACHE)
-def commit_version(rt: Runtime, model_name: str, model: torch.nn.Module, arch: str, num_classes: int,
-                   in_channels: int, request: DeletionRequest, lineage: dict, deleted_ids: list[str],
-                   workdir: Path) -> Version:
+def commit_version(rt: Runtime, family, model_name: str, model, dataset: Dataset, request: DeletionRequest,
+                   lineage: dict, deleted_ids: list[str], workdir: Path) -> Version:
     """Commit model + tombstoned dataset + lineage into the registry workspace (no push yet)."""
     path = workdir / "model.pt"
-    save_model(model.cpu(), arch, num_classes, in_channels, path)
+    family.save(model, path, dataset)
     return rt.registry.commit_version(
         model_name, path, request.request_id, lineage, deleted_ids,
         dataset_change=lambda data_dir: tombstone(data_dir, deleted_ids, request.request_id))
@@ -126,23 +122,23 @@ def erase_superseded_data(rt: Runtime) -> int:
     return len(rt.registry.purge_superseded_data())
 
 
-def load_parent(rt: Runtime, model_name: str) -> tuple[torch.nn.Module, Version, Dataset]:
+def load_parent(rt: Runtime, model_name: str, family) -> tuple[torch.nn.Module, Version, Dataset]:
     parent = rt.registry.prod(model_name)
     if parent is None:
         raise RuntimeError(f"model {model_name} has no prod version")
-    model, _ = load_model(rt.registry.model_path(model_name, parent), pick_device())
-    return model, parent, load_dataset(rt.registry.data_dir())
+    return family.load(rt.registry.model_path(model_name, parent)), parent, load_dataset(rt.registry.data_dir())
 
 
-def method_attempts(rt: Runtime, method: str) -> list[tuple[str, dict]]:
+def method_attempts(rt: Runtime, method: str, family) -> list[tuple[str, dict]]:
     """The plan: the method, once more with the stronger ``gates.retry`` settings, then exact retraining."""
-    base = method_config(rt.params, method)
+    exact = family.exact_method
+    base = family.exact_config() if method == exact else method_config(rt.params, method)
     plan = [(method, base)]
     stronger = gates_params(rt.params).retry.get(method)
-    if stronger and method != "retrain":
+    if stronger and method != exact:
         plan.append((method, {**base, **stronger}))
-    if method != "retrain":
-        plan.append(("retrain", rt.params.train.model_dump(exclude={"model"})))
+    if method != exact:
+        plan.append((exact, family.exact_config()))
     return plan
 
 

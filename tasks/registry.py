@@ -283,6 +283,26 @@ class RegistryWorkspace:
         self.promote(model_name, 1)
         return self.version(model_name, 1)
 
+    def add_model(self, model_name: str, model_path: str | Path, lineage: dict) -> Version:
+        """Register another model trained on the current dataset as its v0.0.1: push, register, ``prod``."""
+        self._check_name(model_name)
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise InputError("model_path", f"{model_path} is not a file")
+        if not self.exists():
+            raise InputError("path", f"{self.path} is not a registry workspace (call init_from first)")
+        if self._numbers(model_name):
+            raise InputError("model_name", f"{model_name!r} is already in {self.path}")
+        self._lineage_json(lineage)
+        with self._lock():
+            base = {**lineage, "parent": None, "request_id": None, "deleted_sample_ids": [],
+                    "created_at": _now()}
+            self._commit_model(model_name, 1, model_path, base, f"{model_name} {semver(1)}: base model")
+        self.push()
+        self.register(model_name, 1)
+        self.promote(model_name, 1)
+        return self.version(model_name, 1)
+
     def commit_version(self, model_name: str, model_path: str | Path, request_id: str, lineage: dict,
                        deleted_sample_ids, dataset_change: Callable[[Path], object] | None = None) -> Version:
         """Commit a new version: dataset change applied to ``data/``, the model, lineage. No push."""

@@ -35,7 +35,7 @@ def pipeline_template(tmp_path_factory, s3, prefect_api):
     params_path.write_text(yaml.safe_dump(params))
     os.environ.update({"UNLEARNOPS_S3_ENDPOINT": s3.endpoint_url, "AWS_ACCESS_KEY_ID": s3.access_key,
                        "AWS_SECRET_ACCESS_KEY": s3.secret_key, "UNLEARNOPS_S3_BUCKET": s3.bucket})
-    init_pipeline(root / "state", params_path, progress=lambda *_: None)
+    init_pipeline(root / "state", params_path, models=["mnist-cnn"], progress=lambda *_: None)
     return root / "state"
 
 

@@ -188,8 +188,8 @@ def test_worker_died_after_commit_resumes_the_same_version(pipeline):
            if r["label"] == FORGET_CLASS and r["split"] == "train"]
     workdir = rt.work_dir(request_id)
     workdir.mkdir(parents=True)
-    commit_version.fn(rt, "mnist-cnn", parent, "mnist_cnn", 10, 1, lease.request,
-                      {"method": "lra_npp", "gates": {"passed": True}}, ids, workdir)
+    commit_version.fn(rt, rt.family("mnist-cnn"), "mnist-cnn", parent, load_dataset(rt.registry.data_dir()),
+                      lease.request, {"method": "lra_npp", "gates": {"passed": True}}, ids, workdir)
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]

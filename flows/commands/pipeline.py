@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="build the dataset, train the base model, register it as prod")
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--models", default=None, help="comma-separated registry names (default: all in params.yaml)")
     p.set_defaults(handler=_init)
 
     p = sub.add_parser("submit", help="validate and enqueue a deletion request (JSON file or - for stdin)")
@@ -61,7 +62,8 @@ def _runtime(args):
 def _init(args) -> int:
     from flows.setup import init_pipeline
 
-    rt = init_pipeline(_runtime(args).state_dir, args.params)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    rt = init_pipeline(_runtime(args).state_dir, args.params, models)
     print(f"pipeline ready in {rt.state_dir}")
     return 0
 
