@@ -208,3 +208,12 @@ def test_stage_command_trains_and_saves_a_gan(train_slice, tmp_path):
     assert main(["gan", "train", "--prepared", str(tmp_path / "prepared"), "--params",
                  str(tmp_path / "bad.yaml"), "--model", str(tmp_path / "bad.pt")]) == 2
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_retrain_gan_trains_a_fresh_gan_on_the_retain_set(cgan, train_slice):
+    before = _state(cgan)
+    request = ForgetRequest("class", train_slice, (train_slice.y == 0).numpy(), 10, "dcgan", forget_class=0)
+    fresh, result = get_method("retrain_gan")(cgan, {"epochs": 1}, "cpu").unlearn(request)
+    assert fresh.arch == cgan.arch and fresh is not cgan
+    assert result.details == {"n_retain": int((train_slice.y != 0).sum()), "epochs": 1}
+    assert _same(before, _state(cgan)) and not _same(before, _state(fresh))
