@@ -115,8 +115,17 @@ class GanFamily:
     def exact_config(self) -> dict:
         return self.gan_params.model_dump()
 
+    @staticmethod
+    def holdout_halves(dataset: Dataset):
+        """Held-out real images split in two: one half calibrates cascade_gan's stopping rule, the
+        other scores the membership gate, so the gate never judges on what the method tuned to."""
+        n = len(dataset.test)
+        return dataset.test.subset(range(0, n, 2)), dataset.test.subset(range(1, n, 2))
+
     def method_kwargs(self, method: str, dataset: Dataset) -> dict:
-        return {"reference": self.reference(), "holdout": dataset.test} if method == "cascade_gan" else {}
+        if method != "cascade_gan":
+            return {}
+        return {"reference": self.reference(), "holdout": self.holdout_halves(dataset)[0]}
 
     def parent_report(self, parent, dataset: Dataset, request: ForgetRequest) -> dict:
         return {}  # gan_gate_report scores parent and candidate together
@@ -126,7 +135,7 @@ class GanFamily:
         from unlearn_core.gan_metrics import gan_gate_report
 
         gates = method_config(self.params, "gan_gates")
-        holdout = dataset.test if request.kind == "samples" else None
+        holdout = self.holdout_halves(dataset)[1] if request.kind == "samples" else None
         report = gan_gate_report(parent, model, request, self.reference(), holdout=holdout, gates=gates)
         failures = report.pop("failures", [])
         passed = bool(report.pop("passed"))

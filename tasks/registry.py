@@ -275,13 +275,7 @@ class RegistryWorkspace:
             self._write_local_config(self.path)
             shutil.copytree(data_dir, self.path / "data")
             self._git("add", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
-            base = {**lineage, "parent": None, "request_id": None, "deleted_sample_ids": [],
-                    "created_at": _now()}
-            self._commit_model(model_name, 1, model_path, base, f"{model_name} {semver(1)}: base model")
-        self.push()
-        self.register(model_name, 1)
-        self.promote(model_name, 1)
-        return self.version(model_name, 1)
+        return self._first_version(model_name, model_path, lineage)
 
     def add_model(self, model_name: str, model_path: str | Path, lineage: dict) -> Version:
         """Register another model trained on the current dataset as its v0.0.1: push, register, ``prod``."""
@@ -294,6 +288,10 @@ class RegistryWorkspace:
         if self._numbers(model_name):
             raise InputError("model_name", f"{model_name!r} is already in {self.path}")
         self._lineage_json(lineage)
+        return self._first_version(model_name, model_path, lineage)
+
+    def _first_version(self, model_name: str, model_path: Path, lineage: dict) -> Version:
+        """Commit a base model as v0.0.1, push, register and assign ``prod``."""
         with self._lock():
             base = {**lineage, "parent": None, "request_id": None, "deleted_sample_ids": [],
                     "created_at": _now()}
