@@ -1,4 +1,4 @@
-"""``unlearn``: the command line of UnlearnOps.
+"""UnlearnOps: deletion requests in, unlearned, evaluated and versioned models out.
 
 Bad input (``InputError``) prints ``error: <field>: <reason>`` and exits 2;
 nothing is written before validation passes.
