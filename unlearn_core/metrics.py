@@ -31,15 +31,44 @@ def softmax(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return F.softmax(predict_logits(model, x), dim=1).numpy()
 
 
-def true_class_confidence(model: nn.Module, split: Split) -> np.ndarray:
-    probs = softmax(model, split.x)
-    return probs[np.arange(len(split)), split.y.numpy()]
+@dataclass
+class Scored:
+    """A split with one model's logits on it: every metric reuses one forward pass."""
+
+    split: Split
+    logits: torch.Tensor
+
+    @classmethod
+    def of(cls, model: nn.Module, split: Split) -> "Scored":
+        return cls(split, predict_logits(model, split.x))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def subset(self, index) -> "Scored":
+        index = np.asarray(index, dtype=np.int64)
+        return Scored(self.split.subset(index), self.logits[torch.as_tensor(index)])
+
+    def where(self, mask) -> "Scored":
+        return self.subset(np.flatnonzero(np.asarray(mask)))
+
+    def acc(self) -> float:
+        if len(self) == 0:
+            return float("nan")
+        return float((self.logits.argmax(1) == self.split.y).float().mean())
+
+    def probs(self) -> np.ndarray:
+        return F.softmax(self.logits, dim=1).numpy()
+
+    def confidence(self) -> np.ndarray:
+        return self.probs()[np.arange(len(self)), self.split.y.numpy()]
+
+    def losses(self) -> np.ndarray:
+        return F.cross_entropy(self.logits, self.split.y, reduction="none").numpy()
 
 
 def acc(model: nn.Module, split: Split) -> float:
-    if len(split) == 0:
-        return float("nan")
-    return float((predict_logits(model, split.x).argmax(1) == split.y).float().mean())
+    return Scored.of(model, split).acc()
 
 
 def mia_efficacy(model: nn.Module, retain: Split, forget: Split, test: Split, seed: int = 0) -> float:
@@ -48,15 +77,17 @@ def mia_efficacy(model: nn.Module, retain: Split, forget: Split, test: Split, se
     An ``SVC(C=3, kernel="rbf", gamma="auto")`` is fitted on the true-class
     confidence of |D_t| samples of D_r (members, 1) and of D_t (non-members, 0).
     """
+    return _mia(Scored.of(model, retain), Scored.of(model, forget), Scored.of(model, test), seed)
+
+
+def _mia(retain: Scored, forget: Scored, test: Scored, seed: int) -> float:
     rng = np.random.default_rng(seed)
     n = min(len(test), len(retain))
     members = retain.subset(rng.choice(len(retain), size=n, replace=False))
-    feats = np.concatenate([true_class_confidence(model, members),
-                            true_class_confidence(model, test)])[:, None]
+    feats = np.concatenate([members.confidence(), test.confidence()])[:, None]
     labels = np.concatenate([np.ones(n), np.zeros(len(test))])
     clf = SVC(C=3, kernel="rbf", gamma="auto").fit(feats, labels)
-    pred = clf.predict(true_class_confidence(model, forget)[:, None])
-    return float(1.0 - pred.mean())
+    return float(1.0 - clf.predict(forget.confidence()[:, None]).mean())
 
 
 def fr_score(original: nn.Module, unlearned: nn.Module, class_train: Split, class_test: Split,
@@ -64,6 +95,11 @@ def fr_score(original: nn.Module, unlearned: nn.Module, class_train: Split, clas
     """Fr: share of class-c training samples judged non-member by an attack
     trained on the ORIGINAL model's softmax (members: class-c train, up to
     1,500; non-members: class-c test), applied to the unlearned model."""
+    return _fr(original, class_train, class_test, Scored.of(unlearned, class_train).probs(), seed)
+
+
+def _fr(original: nn.Module, class_train: Split, class_test: Split, unlearned_probs: np.ndarray,
+        seed: int) -> float:
     rng = np.random.default_rng(seed)
     members = class_train
     if len(members) > FR_MAX_MEMBERS:
@@ -72,7 +108,7 @@ def fr_score(original: nn.Module, unlearned: nn.Module, class_train: Split, clas
     labels = np.concatenate([np.ones(len(members)), np.zeros(len(class_test))])
     attack = make_pipeline(StandardScaler(), LinearSVC(dual="auto", max_iter=20000, random_state=seed))
     attack.fit(feats, labels)
-    return float(1.0 - attack.predict(softmax(unlearned, class_train.x)).mean())
+    return float(1.0 - attack.predict(unlearned_probs).mean())
 
 
 def fs_score(unlearned: nn.Module, class_train: Split, class_test: Split, seed: int = 0) -> float:
@@ -83,16 +119,15 @@ def fs_score(unlearned: nn.Module, class_train: Split, class_test: Split, seed: 
     Interpretation: members are subsampled to the number of non-members so
     that 0.5 is the chance level the formula assumes.
     """
+    return _fs(Scored.of(unlearned, class_train), Scored.of(unlearned, class_test), seed)
+
+
+def _fs(class_train: Scored, class_test: Scored, seed: int) -> float:
     rng = np.random.default_rng(seed)
     n = min(len(class_train), len(class_test))
     members = class_train.subset(rng.choice(len(class_train), n, replace=False))
     non_members = class_test.subset(rng.choice(len(class_test), n, replace=False))
-
-    def losses(split: Split) -> np.ndarray:
-        logits = predict_logits(unlearned, split.x)
-        return F.cross_entropy(logits, split.y, reduction="none").numpy()
-
-    feats = np.concatenate([losses(members), losses(non_members)])[:, None]
+    feats = np.concatenate([members.losses(), non_members.losses()])[:, None]
     labels = np.concatenate([np.ones(n), np.zeros(n)])
     cv = StratifiedShuffleSplit(n_splits=10, test_size=0.3, random_state=seed)
     scores = cross_val_score(LogisticRegression(), feats, labels, cv=cv, scoring="accuracy")
@@ -107,23 +142,27 @@ def avg_gap(method: dict, retrain: dict, keys=("UA", "MIA_efficacy", "RA", "TA")
 def classifier_report(model: nn.Module, train: Split, test: Split, forget_mask: np.ndarray,
                       forget_class: int | None = None, original: nn.Module | None = None,
                       seed: int = 0) -> dict:
-    """UA, RA, TA (+ per-class TA, Fr, Fs for class unlearning) and MIA-Efficacy."""
-    forget, retain = train.subset(np.flatnonzero(forget_mask)), train.subset(np.flatnonzero(~forget_mask))
+    """UA, RA, TA (+ per-class TA, Fr, Fs for class unlearning) and MIA-Efficacy.
+
+    One forward pass over train and one over test; every metric reads those logits.
+    """
+    scored_train, scored_test = Scored.of(model, train), Scored.of(model, test)
+    forget, retain = scored_train.where(forget_mask), scored_train.where(~np.asarray(forget_mask))
     report = {
-        "UA": 1.0 - acc(model, forget),
-        "RA": acc(model, retain),
-        "TA": acc(model, test),
-        "MIA_efficacy": mia_efficacy(model, retain, forget, test, seed=seed),
+        "UA": 1.0 - forget.acc(),
+        "RA": retain.acc(),
+        "TA": scored_test.acc(),
+        "MIA_efficacy": _mia(retain, forget, scored_test, seed),
     }
     if forget_class is not None:
         in_class = (test.y == forget_class).numpy()
-        class_test = test.subset(np.flatnonzero(in_class))
-        report["TA_retained"] = acc(model, test.subset(np.flatnonzero(~in_class)))
-        report["TA_forget"] = acc(model, class_test)
-        class_train = train.subset(np.flatnonzero((train.y == forget_class).numpy()))
+        class_test = scored_test.where(in_class)
+        class_train = scored_train.where((train.y == forget_class).numpy())
+        report["TA_retained"] = scored_test.where(~in_class).acc()
+        report["TA_forget"] = class_test.acc()
         if original is not None:
-            report["Fr"] = fr_score(original, model, class_train, class_test, seed=seed)
-        report["Fs"] = fs_score(model, class_train, class_test, seed=seed)
+            report["Fr"] = _fr(original, class_train.split, class_test.split, class_train.probs(), seed)
+        report["Fs"] = _fs(class_train, class_test, seed)
     return report
 
 
