@@ -194,3 +194,26 @@ def test_worker_died_after_commit_resumes_the_same_version(pipeline):
     assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
     assert rt.registry.prod("mnist-cnn").semver == "v0.0.2"
+
+
+def test_s3_down_during_push_keeps_prod_then_resumes(pipeline, monkeypatch, s3):
+    """A real outage (nothing listens on the endpoint): the push task retries, then the request
+    goes back to the queue; the committed version is not promoted and prod stays put. Once S3 is
+    back, the redelivered request pushes and promotes that same version."""
+    from flows.services import free_port
+
+    rt = pipeline
+    request_id, _ = submit_payload(rt, class_payload(rt))
+    monkeypatch.setenv("UNLEARNOPS_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(Exception, match="push"):
+        process_request(request_id=request_id, state_dir=str(rt.state_dir))
+    status = rt.queue.status(request_id)
+    assert status["state"] == "pending" and "push" in status["last_error"].lower()
+    assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
+    assert rt.registry.prod("mnist-cnn").semver == "v0.0.1"
+
+    monkeypatch.setenv("UNLEARNOPS_S3_ENDPOINT", s3.endpoint_url)
+    outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
+    assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
+    assert rt.registry.prod("mnist-cnn").semver == "v0.0.2"
+    assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
