@@ -99,3 +99,20 @@ def test_image_folder_loader_and_shape_check(tmp_path):
     Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "dog" / "bad.png")
     with pytest.raises(InputError, match="expected 28x28"):
         load_image_folder(tmp_path)
+
+
+def test_import_writes_a_loadable_dataset_from_a_local_mnist_folder(tmp_path, capsys):
+    from flows.cli import main
+
+    raw = tmp_path / "src" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
+    assert main(["data", "import", "mnist", str(tmp_path / "src"), "--out", str(tmp_path / "ds")]) == 0
+    ds = load_dataset(tmp_path / "ds")
+    assert len(ds.train) == 12 and len(ds.test) == 4
+    assert len(set(ds.train.subjects)) == 3  # 5 samples per subject
+    assert main(["data", "import", "cifar10", str(tmp_path / "src"), "--out", str(tmp_path / "bad")]) == 2
+    assert "missing CIFAR-10 batch file" in capsys.readouterr().err and not (tmp_path / "bad").exists()

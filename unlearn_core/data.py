@@ -97,14 +97,15 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def build_mnist5k(out_dir: str | Path, test_fraction: float = 0.2, samples_per_subject: int = 5,
                   seed: int = 0) -> Path:
-    """Write the embedded MNIST-5k dataset directory (byte-deterministic)."""
+    """Write the embedded MNIST-5k dataset directory (byte-deterministic).
+
+    The split is stratified per class over the images in content (id) order, so
+    it depends on the pixels and the seed only, never on file order.
+    """
     images, labels = _mnist5k_arrays()
     ids = hash_images(images)
-    keep = _first_occurrence(ids)  # identical images would share an id; keep one copy
-    images, labels, ids = images[keep], labels[keep], [ids[i] for i in keep]
-
     rng = np.random.default_rng(seed)
-    order = np.argsort(np.asarray(ids))  # start from content order, not file order
+    order = np.argsort(np.asarray(ids))
     split = np.empty(len(ids), dtype=object)
     for cls in np.unique(labels):
         members = order[labels[order] == cls]
@@ -112,17 +113,31 @@ def build_mnist5k(out_dir: str | Path, test_fraction: float = 0.2, samples_per_s
         n_test = int(round(len(members) * test_fraction))
         split[members[:n_test]] = "test"
         split[members[n_test:]] = "train"
+    return _write_with_subjects(out_dir, images, labels, ids, split, samples_per_subject, rng)
 
+
+def import_arrays(out_dir: str | Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                  samples_per_subject: int = 5, seed: int = 0) -> Path:
+    """Write a dataset directory from given train/test arrays (e.g. the folder loaders below)."""
+    images = np.concatenate([train[0], test[0]])
+    labels = np.concatenate([train[1], test[1]])
+    split = np.array(["train"] * len(train[1]) + ["test"] * len(test[1]), dtype=object)
+    return _write_with_subjects(out_dir, images, labels, hash_images(images), split, samples_per_subject,
+                                np.random.default_rng(seed))
+
+
+def _write_with_subjects(out_dir, images, labels, ids, split, samples_per_subject: int, rng) -> Path:
+    """Drop duplicate images (same content = same id), give each training sample a pseudo data
+    subject (``samples_per_subject`` each, shuffled), and write the directory."""
+    keep = _first_occurrence(ids)
+    images, labels, split, ids = images[keep], labels[keep], split[keep], [ids[i] for i in keep]
     subject = np.full(len(ids), "", dtype=object)
     train_rows = np.flatnonzero(split == "train")
     train_rows = train_rows[rng.permutation(len(train_rows))]
     for k, row in enumerate(train_rows):
         subject[row] = f"subject-{k // samples_per_subject:04d}"
-
-    rows = [
-        {"sample_id": ids[i], "label": int(labels[i]), "split": split[i], "subject_id": subject[i]}
-        for i in range(len(ids))
-    ]
+    rows = [{"sample_id": ids[i], "label": int(labels[i]), "split": split[i], "subject_id": subject[i]}
+            for i in range(len(ids))]
     return write_dataset(out_dir, images, labels, rows, tombstones=[])
 
 

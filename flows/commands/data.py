@@ -11,6 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--out", default="data", help="dataset directory (default: data, tracked by data.dvc)")
     build.add_argument("--params", default="params.yaml")
     build.set_defaults(handler=_build)
+    imp = data.add_parser("import", help="write a dataset directory from local MNIST / CIFAR-10 / image folders")
+    imp.add_argument("format", choices=("mnist", "cifar10", "imagefolder"),
+                     help="mnist: ROOT/MNIST/raw idx files; cifar10: ROOT/cifar-10-batches-py; "
+                          "imagefolder: ROOT/train/<class>/*.png and ROOT/test/<class>/*.png")
+    imp.add_argument("root")
+    imp.add_argument("--out", required=True, help="dataset directory to write")
+    imp.add_argument("--params", default="params.yaml")
+    imp.set_defaults(handler=_import)
 
     stage = sub.add_parser("stage", help="run one DVC pipeline stage (dvc.yaml calls these)")
     stages = stage.add_subparsers(dest="stage", required=True)
@@ -38,6 +46,25 @@ def _build(args) -> int:
     p = load_params(args.params).prepare
     out = build_mnist5k(args.out, p.test_fraction, p.samples_per_subject, p.seed)
     print(f"wrote {out}")
+    return 0
+
+
+def _import(args) -> int:
+    from pathlib import Path
+
+    from unlearn_core import data
+    from unlearn_core.config import load_params
+
+    p = load_params(args.params).prepare
+    if args.format == "mnist":
+        train, test = data.load_mnist_folder(args.root, True), data.load_mnist_folder(args.root, False)
+    elif args.format == "cifar10":
+        train, test = data.load_cifar10_folder(args.root, True), data.load_cifar10_folder(args.root, False)
+    else:
+        root = Path(args.root)
+        train, test = (data.load_image_folder(root / part)[:2] for part in ("train", "test"))
+    out = data.import_arrays(args.out, train, test, p.samples_per_subject, p.seed)
+    print(f"wrote {out} ({len(train[1])} train, {len(test[1])} test)")
     return 0
 
 
