@@ -58,11 +58,12 @@ def test_dvc_repro_rebuilds_base_model_in_a_fresh_clone(tmp_path, mnist_dir):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["train"]["epochs"] = 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run(["dvc", "repro", "-q"], cwd=clone, env=env, check=True)
+    subprocess.run(["dvc", "repro", "-q", "evaluate"], cwd=clone, env=env, check=True)  # the classifier chain
     metrics = json.loads((clone / "metrics" / "base.json").read_text())
     assert metrics["n_train"] == 4000 and metrics["test_acc"] > 0.8
     assert (clone / "models" / "base.pt").stat().st_size > 1_000_000
     rows = (clone / "metrics" / "per_class.csv").read_text().splitlines()
     assert rows[0] == "class,test_acc,n" and len(rows) == 11
-    again = subprocess.run(["dvc", "status"], cwd=clone, env=env, capture_output=True, text=True, check=True)
+    again = subprocess.run(["dvc", "status", "evaluate"], cwd=clone, env=env, capture_output=True, text=True,
+                           check=True)
     assert "up to date" in again.stdout
