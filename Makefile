@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The venv's console scripts (unlearn, dvc, prefect) first on PATH, as in an activated venv.
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
 demo: $(STAMP)
-	$(VENV)/bin/unlearn demo
+	$(RUN) $(VENV)/bin/unlearn demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(RUN) $(VENV)/bin/python -m pytest -q

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ DEFAULT_REGION = "us-east-1"
 GIT_USER = ("UnlearnOps registry", "registry@unlearnops.invalid")
 _SAMPLE_ID = re.compile(r"^[0-9a-f]{64}$")
 _PROJECT = Path(__file__).resolve().parents[1]
+# The dvc installed beside this interpreter (works without an activated venv), else PATH's.
+DVC = str(Path(sys.executable).with_name("dvc")) if Path(sys.executable).with_name("dvc").exists() else "dvc"
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class RegistryWorkspace:
         return self._run("git", *args, cwd=cwd)
 
     def _dvc(self, *args: str, cwd: Path | None = None, error=RegistryError) -> str:
-        return self._run("dvc", *args, cwd=cwd, error=error)
+        return self._run(DVC, *args, cwd=cwd, error=error)
 
     def _scrub(self, text: str) -> str:
         for secret in (self.s3.access_key, self.s3.secret_key):
