@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sqlite3
 import time
 
@@ -189,6 +190,11 @@ def _claim_all(path: str, worker: str, start, out) -> None:
         got.append(lease.request_id)
         time.sleep(0.002)  # "work", so the two workers interleave instead of one draining the queue
     out.put((worker, got))
+    out.close()
+    out.join_thread()
+    # A forked child inherits the parent's atexit hooks (Prefect's harness, torch threads when the
+    # whole suite runs); leave without running them.
+    os._exit(0)
 
 
 def test_concurrent_claims_from_two_processes(tmp_path):
