@@ -12,7 +12,6 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import Params
 from ..data import Dataset

@@ -55,8 +55,8 @@ def markdown_table(summary: list[dict], columns: tuple[str, ...], with_std: tupl
 
 
 def write_report(out_dir: str | Path, name: str, rows: list[dict], markdown: str, meta: dict) -> dict:
-    """Write ``NAME.json`` (``{"meta": ..., "rows": [...]}``... as a plain list of rows plus a
-    sidecar ``NAME.meta.json``) and ``NAME.md``; returns the paths written."""
+    """Write ``NAME.json`` (the list of rows), ``NAME.meta.json`` (settings + environment) and
+    ``NAME.md``; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "meta": out / f"{name}.meta.json", "markdown": out / f"{name}.md"}
