@@ -66,7 +66,7 @@ def _served(state: Path, params_path: str, classes) -> list[dict]:
         run("init", "--params", params_path)
         serve = subprocess.Popen([_unlearn(), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_deployment(env, timeout=180)
-        from flows.runtime import Runtime
+        from adapters.runtime import Runtime
 
         rt = Runtime.from_env(state)
         held_out = _write_substitute(rt)

@@ -23,9 +23,9 @@ def run_demo(state_dir: str | None, params_path: str) -> int:
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect-home"))  # keep Prefect's files with the demo
     import numpy as np
 
-    from flows.commands.pipeline import submit_payload
+    from flows.submit import submit_payload
     from flows.process_request import process_request
-    from flows.services import EmbeddedS3
+    from adapters.services import EmbeddedS3
     from flows.setup import init_pipeline
     from unlearn_core.data import load_dataset
     from unlearn_core.receipts import render_markdown

@@ -1,53 +1,43 @@
 """``process-request``: one deletion request from the queue to a promoted, pushed model version.
 
 claim -> resolve forget set -> validate (GX) -> select method -> unlearn (gpu slot)
--> gates (fail: retry stronger, then exact retrain) -> version (DVC, S3) -> promote
--> receipt -> purge -> ack.
+-> gates (fail: retry stronger, then exact retrain; all fail: terminal ``failed``)
+-> commit (compare-and-swap on the model's head) -> push -> promote -> receipt -> purge -> ack.
 
-A request redelivered after its worker died resumes from the registry: if a
-version for its request id was already committed, it is pushed and promoted
-rather than made again, so each request yields exactly one new version.
+Correctness under concurrency and crashes:
+
+- one writer per model: the queue leases a model's requests one at a time, and the
+  registry's compare-and-swap refuses a version whose parent is no longer the model's
+  head (the request is then re-run on the new head), so no deletion is ever undone;
+- fencing: the lease is heartbeated in the background and checked right before the
+  commit and right before the promotion; a worker that lost it stops there;
+- a request redelivered after its worker died resumes from the registry: a version
+  already committed for its id is pushed and promoted, never made twice (the
+  registry refuses a second version for one request id).
 """
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.runtime import Runtime
+from adapters.leases import LeaseKeeper
+from adapters.registry import DuplicateVersion, ParentMoved, Version
+from adapters.runtime import Runtime, code_version
 from tasks import pipeline as t
-from tasks.registry import Version
-from unlearn_core.data import read_manifest
+from unlearn_core.data import load_dataset, read_manifest
 from unlearn_core.errors import InputError
 from unlearn_core.forget import build_forget_request, resolve_forget_rows
-from unlearn_core.queue import Lease
-from unlearn_core.receipts import build_receipt, render_markdown, write_receipt
-from unlearn_core.requests import DeletionRequest
-from unlearn_core.selection import select_method as auto_method
+from unlearn_core.queue import Lease, LeaseLost
+from unlearn_core.receipts import Attempt, Lineage, Receipt, now_iso, render_markdown
+from unlearn_core.selection import select_method
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def code_version() -> str:
-    """The project's git commit (or 'unknown' outside a checkout): recorded in every lineage."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def select_method(request: DeletionRequest, family: str, has_substitute: bool) -> str:
-    """The request's method, or the ``auto`` table's choice (unlearn_core.selection)."""
-    return request.method if request.method != "auto" else auto_method(request.kind, family, has_substitute)
+FAILED_EVENT = "unlearnops.request.failed"
+MAX_REBASES = 5  # re-runs on a moved head before the request goes back to the queue
 
 
 @flow(name="process-request", log_prints=False)
@@ -63,89 +53,111 @@ def process_request(request_id: str | None = None, state_dir: str | None = None,
     workdir = rt.work_dir(lease.request_id)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        receipt = _handle(rt, lease, workdir)
-    except InputError as exc:
-        receipt = _reject(rt, lease, {"error": str(exc)}, [])
+        with LeaseKeeper(rt.queue, lease) as keeper:
+            try:
+                receipt = _handle(rt, lease, keeper, workdir)
+            except InputError as exc:
+                receipt = _reject(rt, lease, str(exc), [])
+    except LeaseLost as exc:  # fenced off: the request's new owner finishes it (or resumes its version)
+        get_run_logger().warning("request %s: %s; leaving it to its new owner", lease.request_id, exc)
+        return {"request_id": lease.request_id, "status": "lease lost", "new_version": None}
     except BaseException as exc:
         rt.queue.fail(lease, f"{type(exc).__name__}: {str(exc)[:300]}")
         raise
     finally:
         t.purge(workdir)
-    return {"request_id": lease.request_id, "status": receipt["status"], "new_version": receipt["new_version"]}
+    return {"request_id": lease.request_id, "status": receipt.status, "new_version": receipt.new_version}
 
 
-def _reject(rt: Runtime, lease: Lease, details: dict, reports: list) -> dict:
+def _receipt(request, status: str, **fields) -> Receipt:
+    return Receipt(request_id=request.request_id, status=status, kind=request.kind, model=request.model,
+                   subject_id=request.subject_id, **fields)
+
+
+def _reject(rt: Runtime, lease: Lease, reason: str, reports: list) -> Receipt:
     request = lease.request
-    receipt = build_receipt(request_id=request.request_id, status="rejected", kind=request.kind,
-                            model=request.model, subject_id=request.subject_id, method=request.method,
-                            validation=[r.to_dict() for r in reports], reason=details.get("error"),
-                            timestamps={"submitted_at": request.submitted_at.isoformat(), "rejected_at": _now()})
-    paths = write_receipt(rt.receipts_dir, receipt)
-    rt.queue.reject(request.request_id, {**details, "receipt": paths["json"]}, lease=lease)
-    get_run_logger().info("request %s rejected: %s", request.request_id, receipt["reason"])
+    receipt = _receipt(request, "rejected", method=request.method, validation=[r.to_dict() for r in reports],
+                       reason=reason, timestamps={"submitted_at": request.submitted_at.isoformat(),
+                                                  "rejected_at": now_iso()})
+    paths = receipt.write(rt.receipts_dir)
+    rt.queue.reject(request.request_id, {"error": reason, "receipt": paths["json"]}, lease=lease)
+    get_run_logger().info("request %s rejected: %s", request.request_id, reason)
     return receipt
 
 
-def _handle(rt: Runtime, lease: Lease, workdir: Path) -> dict:
+def _handle(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir: Path) -> Receipt:
     log = get_run_logger()
     request = lease.request
     stamps = {"submitted_at": request.submitted_at.isoformat(), "deadline": request.deadline.isoformat(),
-              "claimed_at": _now()}
+              "claimed_at": now_iso()}
     if request.model not in rt.models:
         raise InputError("model", f"unknown model {request.model!r}")
-    entry = rt.models[request.model]
-    family = rt.family(request.model)
-    earlier = [v for v in rt.registry.versions(request.model) if v.request_id == request.request_id]
-    if earlier:  # a previous attempt committed it, then died: finish that version, make no other
-        log.info("request %s resumes %s %s", request.request_id, request.model, earlier[-1].semver)
-        return _publish(rt, lease, earlier[-1], workdir, stamps, resumed=True)
+    earlier = rt.registry.version_for_request(request.model, request.request_id)
+    if earlier is not None:  # a previous attempt committed it, then died: finish that version, make no other
+        log.info("request %s resumes %s %s", request.request_id, request.model, earlier.semver)
+        return _publish(rt, lease, keeper, earlier, stamps, reason="resumed after a worker died")
+    for _ in range(MAX_REBASES):
+        try:
+            return _unlearn_and_commit(rt, lease, keeper, workdir, dict(stamps))
+        except ParentMoved as moved:  # another writer's version landed first: redo the work on top of it
+            log.warning("request %s: %s; re-running on %s", request.request_id, moved, moved.head)
+        except DuplicateVersion as dup:
+            return _publish(rt, lease, keeper, dup.version, stamps)
+    raise RuntimeError(f"request {request.request_id}: the head of {request.model} moved {MAX_REBASES} times")
 
-    parent_model, parent, dataset = t.load_parent(rt, request.model, family)
+
+def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir: Path, stamps: dict) -> Receipt:
+    log = get_run_logger()
+    request = lease.request
+    entry, family = rt.models[request.model], rt.family(request.model)
+    parent = rt.registry.head(request.model)
+    parent_model = family.load(rt.registry.model_path(request.model, parent))
+    dataset = load_dataset(rt.registry.data_dir())
     forget_rows = resolve_forget_rows(request, read_manifest(rt.registry.data_dir()))
     forget_ids = sorted(r["sample_id"] for r in forget_rows)
     reports, substitute = t.validate(rt, request, forget_rows, workdir, dataset.image_shape,
                                      dataset.num_classes, set(dataset.train.ids))
+    validation = [r.to_dict() for r in reports]
     if not all(r.success for r in reports):
         failed = "; ".join(r.failed() for r in reports if not r.success)
-        return _reject(rt, lease, {"error": f"validation failed: {failed}"}, reports)
-    stamps["validated_at"] = _now()
+        return _reject(rt, lease, f"validation failed: {failed}", reports)
+    stamps["validated_at"] = now_iso()
 
-    method = select_method(request, entry.family, substitute is not None)
+    method = request.method if request.method != "auto" else select_method(request.kind, family.name,
+                                                                             substitute is not None)
     forget_request = build_forget_request(request, dataset, entry.arch, forget_ids, substitute)
     parent_report = family.parent_report(parent_model, dataset, forget_request)
-    attempts, chosen = [], None
+    attempts: list[Attempt] = []
+    chosen = None
     for name, config in t.method_attempts(rt, method, family):
-        if not rt.queue.heartbeat(lease):
-            raise RuntimeError("lease lost while processing; another worker owns the request now")
+        keeper.check()
         model, result = t.run_unlearning(parent_model, name, config, forget_request,
                                          family.method_kwargs(name, dataset))
         report, gates = t.evaluate(family, name, parent_model, parent_report, model, dataset, forget_request)
-        attempts.append({"method": name, "params": result.params, "time_s": result.time_s,
-                         "peak_mem_bytes": result.peak_mem_bytes, "metrics": report, "gates": gates,
-                         "details": _details(result.details)})
-        log.info("request %s: %s gates %s %s", request.request_id, name,
-                 "pass" if gates["passed"] else "fail", gates["summary"])
-        if gates["passed"]:
-            chosen = (model, attempts[-1])
+        attempts.append(Attempt(name, result.params, result.time_s, result.peak_mem_bytes, report, gates,
+                                _details(result.details)))
+        log.info("request %s: %s gates %s %s", request.request_id, name, "pass" if gates.passed else "fail",
+                 gates.summary)
+        if gates.passed:
+            chosen = model
             break
-    stamps["unlearned_at"] = _now()
+    stamps["unlearned_at"] = now_iso()
+    before = family.headline(parent_report)
     if chosen is None:
-        receipt = _receipt(request, "failed", method, forget_ids, parent.semver, None,
-                           family.headline(parent_report), None,
-                           attempts, reports, stamps, reason="no attempt passed the gates, exact retraining included")
-        write_receipt(rt.receipts_dir, receipt)
-        rt.queue.fail(lease, "gates failed after escalation to exact retraining")
-        return receipt
+        return _fail(rt, lease, _receipt(
+            request, "failed", method=method, deleted_sample_ids=forget_ids, parent_version=parent.semver,
+            prod_version=parent.semver, attempts=attempts, metrics_before=before, validation=validation,
+            timestamps=stamps, reason="no attempt passed the gates, exact retraining included"))
 
-    model, attempt = chosen
-    lineage = {"arch": entry.arch, "family": family.name, "method": attempt["method"],
-               "params": attempt["params"], "kind": request.kind, "subject_id": request.subject_id,
-               "metrics_before": family.headline(parent_report), "metrics_after": family.headline(attempt["metrics"]),
-               "gates": attempt["gates"], "attempts": [a["method"] for a in attempts],
-               "code_version": code_version(), "parent_version": parent.semver,
-               "stamps": stamps, "requested_method": request.method}
-    version = t.commit_version(rt, family, request.model, model, dataset, request, lineage, forget_ids, workdir)
-    return _publish(rt, lease, version, workdir, stamps, attempts=attempts, reports=reports)
+    final = attempts[-1]
+    lineage = Lineage(arch=entry.arch, family=family.name, method=final.method, params=final.params,
+                      kind=request.kind, subject_id=request.subject_id, requested_method=request.method,
+                      parent_version=parent.semver, metrics_before=before,
+                      metrics_after=family.headline(final.metrics), gates=final.gates,
+                      attempts=[a.method for a in attempts], code_version=code_version(), stamps=stamps)
+    version = t.commit_version(rt, family, request.model, chosen, dataset, request, parent.semver,
+                               lineage.to_dict(), forget_ids, workdir, guard=keeper.check)
+    return _publish(rt, lease, keeper, version, stamps, attempts=attempts, validation=validation)
 
 
 def _details(details: dict) -> dict:
@@ -154,47 +166,54 @@ def _details(details: dict) -> dict:
             (isinstance(v, (list, dict)) and len(v) <= 20)}
 
 
-def _publish(rt: Runtime, lease: Lease, version: Version, workdir: Path, stamps: dict, resumed: bool = False,
-             attempts: list | None = None, reports: list | None = None) -> dict:
-    """Push, promote, receipt, ack (the tail shared by first runs and resumed ones)."""
-    request = lease.request
-    t.push_version(rt)
-    stamps["pushed_at"] = _now()
-    if version.lineage.get("gates", {}).get("passed", False):
-        t.promote_version(rt, request.model, version)
-        stamps["promoted_at"] = _now()
-        t.erase_superseded_data(rt)
-        stamps["superseded_data_erased_at"] = _now()
-    lineage = version.lineage
-    receipt = _receipt(request, "done", lineage.get("method"), version.lineage.get("deleted_sample_ids", []),
-                       lineage.get("parent_version"), version.semver, lineage.get("metrics_before"),
-                       lineage.get("metrics_after"), attempts or [], reports or [], stamps,
-                       storage={"registry": str(rt.registry.path), "git_sha": version.git_sha,
-                                "model_md5": version.model_md5, "data_md5": version.data_md5,
-                                "remote": f"s3://{rt.s3.bucket}", "gto_tag": f"{request.model}@{version.semver}"},
-                       reason="resumed after a worker died" if resumed else None)
-    paths = write_receipt(rt.receipts_dir, receipt)
+def _fail(rt: Runtime, lease: Lease, receipt: Receipt) -> Receipt:
+    """Terminal ``failed``: receipt, artifact, queue state and an event an automation can alert on."""
+    from prefect.events import emit_event
+
+    paths = receipt.write(rt.receipts_dir)
     _artifacts(receipt)
-    rt.queue.ack(lease, {"status": "done", "version": version.semver, "receipt": paths["json"]})
+    rt.queue.mark_failed(lease, {"reason": receipt.reason, "receipt": paths["json"]})
+    emit_event(FAILED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{receipt.request_id}",
+                                       "unlearnops.request_id": receipt.request_id,
+                                       "unlearnops.model": receipt.model},
+               payload={"reason": receipt.reason, "attempts": [a.method for a in receipt.attempts]})
+    get_run_logger().error("request %s failed: %s", receipt.request_id, receipt.reason)
     return receipt
 
 
-def _receipt(request: DeletionRequest, status: str, method, deleted, parent_version, new_version, before, after,
-             attempts, reports, stamps, storage=None, reason=None) -> dict:
-    return build_receipt(request_id=request.request_id, status=status, kind=request.kind, model=request.model,
-                         subject_id=request.subject_id, method=method, deleted_sample_ids=list(deleted),
-                         parent_version=parent_version, new_version=new_version,
-                         metrics_before=before or None, metrics_after=after,
-                         attempts=attempts, gates=attempts[-1]["gates"] if attempts else None,
-                         validation=[r.to_dict() for r in reports], timestamps=stamps, storage=storage,
-                         reason=reason)
+def _publish(rt: Runtime, lease: Lease, keeper: LeaseKeeper, version: Version, stamps: dict,
+             attempts: list[Attempt] | None = None, validation: list | None = None,
+             reason: str | None = None) -> Receipt:
+    """Push, promote, receipt, ack (the tail shared by first runs and resumed ones)."""
+    request = lease.request
+    t.push_version(rt, version)
+    stamps["pushed_at"] = now_iso()
+    prod = t.promote_version(rt, request.model, version, guard=keeper.check)
+    stamps["promoted_at"] = now_iso()
+    t.erase_superseded_data(rt)
+    stamps["superseded_data_erased_at"] = now_iso()
+    lineage = version.lineage
+    receipt = _receipt(
+        request, "done", method=lineage.get("method"), deleted_sample_ids=lineage.get("deleted_sample_ids", []),
+        parent_version=lineage.get("parent_version"), new_version=version.semver, prod_version=prod,
+        attempts=attempts or [], metrics_before=lineage.get("metrics_before"),
+        metrics_after=lineage.get("metrics_after"), validation=validation or [], timestamps=stamps,
+        storage={"registry": str(rt.registry.path), "git_sha": version.git_sha, "model_md5": version.model_md5,
+                 "data_md5": version.data_md5, "remote": f"s3://{rt.s3.bucket}",
+                 "gto_tag": f"{request.model}@{version.semver}"},
+        reason=reason if prod == version.semver else f"{reason + '; ' if reason else ''}prod {prod} was "
+               f"derived from {version.semver} and holds this deletion")
+    paths = receipt.write(rt.receipts_dir)
+    _artifacts(receipt)
+    rt.queue.ack(lease, {"status": "done", "version": version.semver, "prod": prod, "receipt": paths["json"]})
+    return receipt
 
 
-def _artifacts(receipt: dict) -> None:
+def _artifacts(receipt: Receipt) -> None:
     """What a person wants to see in the Prefect UI: the receipt and the before/after table."""
-    key = f"receipt-{receipt['request_id']}"
-    create_markdown_artifact(render_markdown(receipt), key=key, description="Deletion receipt")
-    before, after = receipt.get("metrics_before") or {}, receipt.get("metrics_after") or {}
+    key = f"receipt-{receipt.request_id}".lower()
+    create_markdown_artifact(render_markdown(receipt.to_dict()), key=key, description="Deletion receipt")
+    before, after = receipt.metrics_before or {}, receipt.metrics_after or {}
     if after:
         rows = [{"metric": k, "before": before.get(k), "after": v} for k, v in after.items()]
-        create_table_artifact(rows, key=f"metrics-{receipt['request_id']}", description="Evaluation")
+        create_table_artifact(rows, key=f"metrics-{receipt.request_id}".lower(), description="Evaluation")

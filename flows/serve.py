@@ -1,41 +1,63 @@
-"""``unlearn serve``: the two deployments against a real Prefect server.
+"""``unlearn serve``: warm task workers plus the two deployments, against a real Prefect server.
 
-- ``process-request``: triggered at once by the ``unlearnops.request.submitted``
-  event that ``unlearn submit`` emits (a DeploymentEventTrigger);
-- ``watch-queue``: on an interval schedule, the safety net for missed events
-  and expired leases (the ephemeral API runs no schedules, hence a server).
+- ``--workers N`` (default 1) warm task workers (``unlearn worker`` subprocesses) run the
+  requests that ``unlearn submit`` hands them: the fast path;
+- ``process-request``: a deployment for requests nobody picked up. With ``--workers 0`` it is
+  triggered at once by the ``unlearnops.request.submitted`` event (a DeploymentEventTrigger;
+  each run is a fresh process, so it pays the imports); with warm workers it has no trigger,
+  so the event and the warm run never race for the same request;
+- ``watch-queue``: on an interval schedule, the safety net for missed notifications and
+  expired leases (the ephemeral API runs no schedules, hence a server).
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
-from flows.runtime import Runtime
-from flows.services import PrefectServer
+from adapters.runtime import Runtime
+from adapters.services import PrefectServer
+from flows.submit import SUBMITTED_EVENT
 from unlearn_core.errors import InputError
 
-SUBMITTED_EVENT = "unlearnops.request.submitted"
+RUNNER_POLL_S = "2"  # Prefect's default is 10 s: a triggered run would wait that long to start
 
 
-def serve_pipeline(rt: Runtime, interval_s: int = 60) -> None:
-    rt.require_initialised()
+def resolve_api_url(rt: Runtime) -> str:
+    """``PREFECT_API_URL``, or the background server of ``unlearn up`` (exported for child processes)."""
     if not os.environ.get("PREFECT_API_URL"):
         url = PrefectServer(rt.state_dir).api_url()
         if not url:
             raise InputError("PREFECT_API_URL", "not set and no background server runs (run `unlearn up`)")
         os.environ["PREFECT_API_URL"] = url
-    from prefect import serve
-    from prefect.events import DeploymentEventTrigger
+    return os.environ["PREFECT_API_URL"]
 
-    from flows.process_request import process_request
-    from flows.watch_queue import watch_queue
-    from tasks.pipeline import ensure_gpu_limit
-    from tasks.validation import gx_context
 
-    ensure_gpu_limit()
-    gx_context()  # pay the GX import once, not on the first request
-    state = str(rt.state_dir)
-    trigger = DeploymentEventTrigger(
-        expect={SUBMITTED_EVENT}, match={"prefect.resource.id": "unlearnops.request.*"},
-        parameters={"request_id": "{{ event.resource['unlearnops.request_id'] }}", "state_dir": state})
-    serve(process_request.to_deployment(name="process-request", triggers=[trigger], parameters={"state_dir": state}),
-          watch_queue.to_deployment(name="watch-queue", interval=interval_s, parameters={"state_dir": state}))
+def serve_pipeline(rt: Runtime, interval_s: int = 60, workers: int = 1) -> None:
+    rt.require_initialised()
+    if workers < 0:
+        raise InputError("--workers", "must be >= 0")
+    resolve_api_url(rt)
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_S)
+    unlearn = [sys.executable, "-m", "flows.cli"]
+    children = [subprocess.Popen([*unlearn, "worker", "--state-dir", str(rt.state_dir)], stdin=subprocess.DEVNULL)
+                for _ in range(workers)]
+    try:
+        from prefect import serve
+        from prefect.events import DeploymentEventTrigger
+
+        from flows.process_request import process_request
+        from flows.watch_queue import watch_queue
+
+        state = str(rt.state_dir)
+        triggers = [] if workers else [DeploymentEventTrigger(
+            expect={SUBMITTED_EVENT}, match={"prefect.resource.id": "unlearnops.request.*"},
+            parameters={"request_id": "{{ event.resource['unlearnops.request_id'] }}", "state_dir": state})]
+        serve(process_request.to_deployment(name="process-request", triggers=triggers,
+                                            parameters={"state_dir": state}),
+              watch_queue.to_deployment(name="watch-queue", interval=interval_s, parameters={"state_dir": state}))
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=30)

@@ -6,9 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from flows.process_request import code_version
-from flows.runtime import Runtime
-from flows.services import EmbeddedS3
+from adapters.runtime import code_version
+from adapters.runtime import Runtime
+from adapters.services import EmbeddedS3
 from unlearn_core.config import load_params
 from unlearn_core.data import build_mnist5k
 from unlearn_core.errors import InputError

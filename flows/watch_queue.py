@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.process_request import process_request
-from flows.runtime import Runtime
+from adapters.runtime import Runtime
 
 
 @flow(name="watch-queue", log_prints=False)

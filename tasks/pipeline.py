@@ -1,4 +1,4 @@
-"""Prefect tasks of ``process-request``: thin wrappers over unlearn_core, GX validation and the registry.
+"""Prefect tasks of ``process-request``: thin wrappers over unlearn_core and the adapters.
 
 Caching is off for every task (``NO_CACHE``): inputs are datasets and models,
 which must neither be hashed into cache keys nor persisted as results; a
@@ -10,27 +10,29 @@ from __future__ import annotations
 import shutil
 from functools import cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from flows.runtime import Runtime
-from tasks.registry import PushError, Version
-from tasks.substitute import fetch_substitute
-from tasks.validation import ValidationReport, validate_forget_set, validate_request, validate_substitute
+from adapters.registry import PushError, Superseded, Version
+from adapters.runtime import Runtime
+from adapters.substitute import fetch_substitute
+from adapters.validation import ValidationReport, validate_forget_set, validate_request, validate_substitute
 from unlearn_core.config import method_config
-from unlearn_core.data import Dataset, load_dataset, read_manifest, read_tombstones, tombstone
-from unlearn_core.gates import gates_params
+from unlearn_core.data import Dataset, read_manifest, read_tombstones, tombstone
+from unlearn_core.families import ModelFamily
+from unlearn_core.gates import GateOutcome, gates_params
 from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
 from unlearn_core.models import pick_device
 from unlearn_core.queue import Lease
 from unlearn_core.requests import DeletionRequest
 
 GPU_LIMIT = "gpu"
+GPU_LEASE_S = 60  # a killed holder's slot comes back after this long (Prefect renews it while held)
 
 
 @task(name="claim-request", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -68,7 +70,10 @@ def validate(rt: Runtime, request: DeletionRequest, forget_rows: list[dict], wor
 
 @cache
 def ensure_gpu_limit() -> None:
-    """Create the ``gpu`` global concurrency limit (1 slot) if the API has none yet."""
+    """Create the ``gpu`` global concurrency limit (1 slot) if the API has none yet.
+
+    ``run_unlearning`` takes its slot strictly, so a missing limit is an error, never a no-op.
+    """
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -76,44 +81,54 @@ def ensure_gpu_limit() -> None:
 
 
 @task(name="unlearn", cache_policy=NO_CACHE)
-def run_unlearning(parent: torch.nn.Module, method: str, config: dict, request: ForgetRequest,
-                   method_kwargs: dict) -> tuple[torch.nn.Module, UnlearnResult]:
-    """Run one method while holding a slot of the ``gpu`` global concurrency limit."""
-    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+def run_unlearning(parent, method: str, config: dict, request: ForgetRequest,
+                   method_kwargs: dict) -> tuple[object, UnlearnResult]:
+    """Run one method while holding the ``gpu`` global concurrency slot (strict: the limit must exist)."""
+    with concurrency(GPU_LIMIT, occupy=1, strict=True, lease_duration=GPU_LEASE_S):
         return get_method(method)(parent, config, pick_device(), **method_kwargs).unlearn(request)
 
 
 @task(name="evaluate-gates", cache_policy=NO_CACHE)
-def evaluate(family, method: str, parent, parent_report: dict, model, dataset: Dataset,
-             request: ForgetRequest) -> tuple[dict, dict]:
-    """The family's metrics of the candidate and its gate verdict (``passed``, checks, ``summary``)."""
+def evaluate(family: ModelFamily, method: str, parent, parent_report: dict, model, dataset: Dataset,
+             request: ForgetRequest) -> tuple[dict, GateOutcome]:
+    """The family's metrics of the candidate and its gate verdict."""
     return family.evaluate(method, parent, parent_report, model, dataset, request)
 
 
 @task(name="commit-version", cache_policy=NO_CACHE)
-def commit_version(rt: Runtime, family, model_name: str, model, dataset: Dataset, request: DeletionRequest,
-                   lineage: dict, deleted_ids: list[str], workdir: Path) -> Version:
-    """Commit model + tombstoned dataset + lineage into the registry workspace (no push yet)."""
+def commit_version(rt: Runtime, family: ModelFamily, model_name: str, model, dataset: Dataset,
+                   request: DeletionRequest, parent: str, lineage: dict, deleted_ids: list[str], workdir: Path,
+                   guard: Callable[[], object]) -> Version:
+    """Commit model + tombstoned dataset + lineage (no push); refused if ``parent`` is no longer the head."""
     path = workdir / "model.pt"
     family.save(model, path, dataset)
     return rt.registry.commit_version(
-        model_name, path, request.request_id, lineage, deleted_ids,
+        model_name, path, request.request_id, lineage, deleted_ids, parent=parent, guard=guard,
         dataset_change=lambda data_dir: tombstone(data_dir, deleted_ids, request.request_id))
 
 
 @task(name="push-version", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
-def push_version(rt: Runtime) -> None:
-    """``dvc push`` to S3; retried when S3 is down. Nothing is promoted before it succeeds."""
+def push_version(rt: Runtime, version: Version) -> None:
+    """``dvc push`` of the version's own objects to S3; retried when S3 is down. Nothing is promoted before."""
     try:
-        rt.registry.push()
+        rt.registry.push(version)
     except PushError:
         get_run_logger().warning("dvc push failed; S3 unreachable? (retrying)")
         raise
 
 
 @task(name="promote-version", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def promote_version(rt: Runtime, model_name: str, version: Version) -> None:
-    rt.registry.promote(model_name, version.number, "prod")
+def promote_version(rt: Runtime, model_name: str, version: Version, guard: Callable[[], object]) -> str:
+    """Give the version ``prod``; returns the version that holds prod afterwards.
+
+    A later version already in prod was derived from this one (compare-and-swap keeps one chain per
+    model), so it holds this deletion too: prod stays where it is.
+    """
+    try:
+        rt.registry.promote(model_name, version.number, "prod", guard=guard)
+    except Superseded as exc:
+        return exc.current
+    return version.semver
 
 
 @task(name="erase-superseded-data", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
@@ -122,14 +137,7 @@ def erase_superseded_data(rt: Runtime) -> int:
     return len(rt.registry.purge_superseded_data())
 
 
-def load_parent(rt: Runtime, model_name: str, family) -> tuple[torch.nn.Module, Version, Dataset]:
-    parent = rt.registry.prod(model_name)
-    if parent is None:
-        raise RuntimeError(f"model {model_name} has no prod version")
-    return family.load(rt.registry.model_path(model_name, parent)), parent, load_dataset(rt.registry.data_dir())
-
-
-def method_attempts(rt: Runtime, method: str, family) -> list[tuple[str, dict]]:
+def method_attempts(rt: Runtime, method: str, family: ModelFamily) -> list[tuple[str, dict]]:
     """The plan: the method, once more with the stronger ``gates.retry`` settings, then exact retraining."""
     exact = family.exact_method
     base = family.exact_config() if method == exact else method_config(rt.params, method)

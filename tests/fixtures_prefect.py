@@ -42,7 +42,7 @@ def pipeline_template(tmp_path_factory, s3, prefect_api):
 @pytest.fixture
 def pipeline(pipeline_template, tmp_path):
     """A private copy of the initialised state (registry repo + DVC cache, queue, params)."""
-    from flows.runtime import Runtime
+    from adapters.runtime import Runtime
 
     state = tmp_path / "state"
     shutil.copytree(pipeline_template, state, symlinks=True)

@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def embedded_s3(tmp_path_factory):
     """The running ``EmbeddedS3``; its state dir (data, 0600 keys, pid) is a session temp dir."""
-    from flows.services import EmbeddedS3
+    from adapters.services import EmbeddedS3
 
     server = EmbeddedS3(tmp_path_factory.mktemp("s3-state"))
     server.ensure_started()

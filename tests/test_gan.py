@@ -173,11 +173,11 @@ def test_save_load_roundtrip_and_registry(cgan, tmp_path):
 
 def test_gate_report_keys_and_verdict(cgan, train_slice, holdouts, trained_cnn):
     request = ForgetRequest("class", train_slice, (train_slice.y == 0).numpy(), 10, "dcgan", forget_class=0)
-    report = gan_gate_report(cgan, cgan, request, trained_cnn, holdout=holdouts[1],
+    report, outcome = gan_gate_report(cgan, cgan, request, trained_cnn, holdout=holdouts[1],
                              gates={"n_samples": 300, "max_class_rate": 0.0})
     assert report["fid_ratio"] == pytest.approx(1.0)
     assert report["class_rate_before"] == report["class_rate_after"] > 0
-    assert report["passed"] is False and report["failures"] == ["class_rate"]
+    assert outcome.passed is False and [c.name for c in outcome.checks if not c.passed] == ["class_rate"]
     assert {"fid_before", "fid_after", "membership_auc_before", "membership_auc_after"} <= report.keys()
     with pytest.raises(InputError) as err:
         gan_gate_report(cgan, cgan, request, trained_cnn, gates={"max_fid": 1.0})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.commands.pipeline import submit_payload
+from flows.submit import submit_payload
 from flows.process_request import process_request
 from flows.watch_queue import watch_queue
 from unlearn_core.data import load_dataset, read_manifest
@@ -146,6 +146,26 @@ def test_gate_failure_escalates_to_exact_retraining(pipeline):
     assert prod.lineage["method"] == "retrain" and prod.semver == "v0.0.2"
 
 
+def test_gates_failing_after_escalation_is_terminal(pipeline):
+    """No attempt passes (exact retraining included): terminal ``failed``, a receipt, no version, no re-run."""
+    rt = pipeline
+    params = yaml.safe_load(rt.params_path.read_text())
+    params["gates"]["per_method"] = {m: {"max_ta_drop": -1.0} for m in ("lra_npp", "retrain")}
+    rt.params_path.write_text(yaml.safe_dump(params))
+    request_id, _ = submit_payload(rt, class_payload(rt))
+    outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
+    assert outcome == {"request_id": request_id, "status": "failed", "new_version": None}
+    status = rt.queue.status(request_id)
+    assert status["state"] == "failed" and status["attempts"] == 1
+    receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
+    assert receipt["status"] == "failed" and [a["method"] for a in receipt["attempts"]] == ["lra_npp", "lra_npp", "retrain"]
+    assert receipt["prod_version"] == "v0.0.1" and receipt["new_version"] is None
+    # nothing is re-run: neither the queue path nor the event path can claim it again
+    assert watch_queue(state_dir=str(rt.state_dir)) == []
+    assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "not claimable"
+    assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1"]
+
+
 def dead_worker_claim(rt, request_id):
     """Claim as a worker whose clock says its lease ran out long ago (it died mid-request)."""
     import time
@@ -189,7 +209,8 @@ def test_worker_died_after_commit_resumes_the_same_version(pipeline):
     workdir = rt.work_dir(request_id)
     workdir.mkdir(parents=True)
     commit_version.fn(rt, rt.family("mnist-cnn"), "mnist-cnn", parent, load_dataset(rt.registry.data_dir()),
-                      lease.request, {"method": "lra_npp", "gates": {"passed": True}}, ids, workdir)
+                      lease.request, "v0.0.1", {"method": "lra_npp", "gates": {"passed": True}}, ids, workdir,
+                      guard=lambda: None)
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
@@ -200,7 +221,7 @@ def test_s3_down_during_push_keeps_prod_then_resumes(pipeline, monkeypatch, s3):
     """A real outage (nothing listens on the endpoint): the push task retries, then the request
     goes back to the queue; the committed version is not promoted and prod stays put. Once S3 is
     back, the redelivered request pushes and promotes that same version."""
-    from flows.services import free_port
+    from adapters.services import free_port
 
     rt = pipeline
     request_id, _ = submit_payload(rt, class_payload(rt))

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from flows.commands.pipeline import submit_payload
+from flows.submit import submit_payload
 from flows.process_request import process_request
 
 TINY_GAN = {"gan": {"epochs": 2, "reference_epochs": 1}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.registry import PromoteError, PushError, RegistryWorkspace
+from adapters.registry import DuplicateVersion, ParentMoved, Superseded, PromoteError, PushError, RegistryWorkspace
 from unlearn_core.data import load_dataset, read_manifest, tombstone
 from unlearn_core.errors import InputError
 
@@ -38,7 +38,7 @@ def versioned(tmp_path_factory, s3, mnist_dir, forget_ids):
     ws = RegistryWorkspace(tmp / "ws", s3)
     v1 = ws.init_from(mnist_dir, _model(tmp / "m1.pt", 1), NAME, {"code_version": "test", "metrics": {"ta": 0.9}})
     v2 = ws.commit_version(NAME, _model(tmp / "m2.pt", 2), "req-1", {"method": "retrain"}, forget_ids,
-                           lambda d: tombstone(d, forget_ids, "req-1"))
+                           "v0.0.1", lambda d: tombstone(d, forget_ids, "req-1"))
     return ws, v1, v2, tmp
 
 
@@ -73,9 +73,9 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     assert ws.missing_on_remote(NAME, v2) == []
     ws.promote(NAME, v2)
     assert ws.prod(NAME).semver == "v0.0.2"
-    ws.promote(NAME, v1)  # rollback: the latest assignment wins, as in `gto show`
-    assert ws.prod(NAME).semver == "v0.0.1"
-    ws.promote(NAME, v2)
+    with pytest.raises(Superseded, match="v0.0.2, a later version"):
+        ws.promote(NAME, v1)  # v0.0.1 lacks the deletion v0.0.2 made: prod never moves back
+    assert ws.prod(NAME).semver == "v0.0.2"
     tags = _git(ws.path, "tag", "-l").split()
     ws.promote(NAME, v2)  # idempotent: no new tag
     assert _git(ws.path, "tag", "-l").split() == tags and f"{NAME}@v0.0.2" in tags
@@ -115,7 +115,8 @@ def test_bad_input_writes_nothing(versioned, tmp_path, s3):
         (dict(model_name="no-such-model"), "model_name"),
     ]
     for override, field in cases:
-        kwargs = dict(model_name=NAME, model_path=model, request_id="req-x", lineage={}, deleted_sample_ids=[])
+        kwargs = dict(model_name=NAME, model_path=model, request_id="req-x", lineage={}, deleted_sample_ids=[],
+                      parent="v0.0.2")
         kwargs.update(override)
         with pytest.raises(InputError) as err:
             ws.commit_version(**kwargs)
@@ -130,7 +131,7 @@ def test_bad_input_writes_nothing(versioned, tmp_path, s3):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ws.commit_version(NAME, model, "req-y", {}, [], broken_change)
+        ws.commit_version(NAME, model, "req-y", {}, [], "v0.0.2", broken_change)
     assert _git(ws.path, "rev-parse", "HEAD") == head
     assert _git(ws.path, "status", "--porcelain") == ""
     assert load_dataset(ws.data_dir()).train.x.shape[0] > 0
@@ -138,7 +139,7 @@ def test_bad_input_writes_nothing(versioned, tmp_path, s3):
 
 def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
     """A real outage: the S3 server is stopped, then started again on the same port."""
-    from flows.services import EmbeddedS3
+    from adapters.services import EmbeddedS3
 
     server = EmbeddedS3(tmp_path / "state")
     s3 = server.ensure_started()
@@ -146,7 +147,7 @@ def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
         ws = RegistryWorkspace(tmp_path / "ws", s3, {"s3_max_attempts": 1})
         ws.init_from(mnist_dir, _model(tmp_path / "m1.pt", 1), NAME, {})
         v2 = ws.commit_version(NAME, _model(tmp_path / "m2.pt", 2), "req-2", {}, forget_ids[:1],
-                               lambda d: tombstone(d, forget_ids[:1], "req-2"))
+                               "v0.0.1", lambda d: tombstone(d, forget_ids[:1], "req-2"))
         assert server.stop()
         with pytest.raises(PushError, match="push"):
             ws.push()
@@ -155,21 +156,50 @@ def test_s3_down_during_push(tmp_path, mnist_dir, forget_ids):
         assert ws.prod(NAME).semver == "v0.0.1"
         assert ws.model_path(NAME).read_bytes() == (tmp_path / "m1.pt").read_bytes()
 
-        # another request meanwhile: derived from prod v0.0.1, on top of v0.0.2's data
-        v3 = ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-3", {}, [])
-        assert v3.lineage["parent"]["version"] == "v0.0.1"
+        # another request meanwhile: derived from the head v0.0.2 (which holds req-2's deletion), not prod
+        with pytest.raises(ParentMoved, match="head is now v0.0.2"):
+            ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-3", {}, [], "v0.0.1")
+        v3 = ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-3", {}, [], "v0.0.2")
+        assert v3.lineage["parent"]["version"] == "v0.0.2"
         assert v3.lineage["data_before_md5"] == v2.data_md5
 
         assert server.ensure_started().endpoint_url == s3.endpoint_url
-        ws.push()  # every commit, not only HEAD
-        ws.promote(NAME, v2)
-        assert ws.prod(NAME).semver == "v0.0.2"
+        ws.push(v3)  # only v0.0.3's own objects
         assert ws.missing_on_remote(NAME, v3) == []
+        assert ws.missing_on_remote(NAME, v2) != []  # v0.0.2's model is not part of v0.0.3
+        ws.promote(NAME, v3)
+        assert ws.prod(NAME).semver == "v0.0.3"
+        ws.push(v2)
+        with pytest.raises(Superseded):
+            ws.promote(NAME, v2)  # its worker came back late: v0.0.3 already holds its deletion
+        assert ws.prod(NAME).semver == "v0.0.3"
     finally:
         server.stop()
     log = (tmp_path / "state/s3/rclone.log").read_text()
     assert s3.secret_key not in log and s3.secret_key not in json.dumps(ws.prod(NAME).lineage)
     assert not os.path.exists(tmp_path / "state/s3/rclone.pid")
+
+
+def test_one_version_per_request_and_guard(tmp_path, s3, mnist_dir, forget_ids):
+    """The registry refuses a second version for one request id; a failing guard writes nothing."""
+    ws = RegistryWorkspace(tmp_path / "ws", s3)
+    ws.init_from(mnist_dir, _model(tmp_path / "m1.pt", 1), NAME, {})
+    v2 = ws.commit_version(NAME, _model(tmp_path / "m2.pt", 2), "req-a", {}, forget_ids[:1], "v0.0.1")
+    assert ws.version_for_request(NAME, "req-a").semver == "v0.0.2" and ws.head(NAME).semver == "v0.0.2"
+    with pytest.raises(DuplicateVersion) as dup:
+        ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-a", {}, forget_ids[:1], "v0.0.2")
+    assert dup.value.version.semver == v2.semver
+    head = _git(ws.path, "rev-parse", "HEAD")
+
+    def lost_lease():
+        raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError, match="lease lost"):
+        ws.commit_version(NAME, _model(tmp_path / "m3.pt", 3), "req-b", {}, forget_ids[1:2], "v0.0.2",
+                          lambda d: tombstone(d, forget_ids[1:2], "req-b"), guard=lost_lease)
+    assert _git(ws.path, "rev-parse", "HEAD") == head and _git(ws.path, "status", "--porcelain") == ""
+    assert forget_ids[1] in load_dataset(ws.data_dir()).all_ids()
+    assert [v.semver for v in ws.versions(NAME)] == ["v0.0.1", "v0.0.2"]
 
 
 def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, mnist_dir, s3):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.services import EmbeddedS3, PrefectServer, S3Config, s3_config
+from adapters.services import EmbeddedS3, PrefectServer, S3Config, s3_config
 from unlearn_core.errors import InputError
 
 
@@ -91,7 +91,7 @@ def test_state_dir_inside_checkout_is_refused(capsys):
 
 
 def test_default_state_dir_from_env(monkeypatch, tmp_path):
-    from flows.services import default_state_dir
+    from adapters.services import default_state_dir
 
     monkeypatch.setenv("UNLEARNOPS_STATE_DIR", str(tmp_path / "s"))
     assert default_state_dir() == tmp_path / "s"

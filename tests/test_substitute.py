@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from tasks.substitute import fetch_substitute
+from adapters.substitute import fetch_substitute
 from unlearn_core.errors import InputError
 
 

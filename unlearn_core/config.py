@@ -55,10 +55,6 @@ class Params(_Section):
     lra_npp: LraNppParams = LraNppParams()
 
 
-def _field_path(error: dict[str, Any]) -> str:
-    return ".".join(str(part) for part in error["loc"])
-
-
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if raw is None:
         raw = {}
@@ -67,8 +63,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(f"{source}: {_field_path(first)}", first["msg"]) from None
+        raise InputError.from_validation(exc, f"{source}: ") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

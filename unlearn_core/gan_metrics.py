@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from .data import Split
 from .errors import InputError
 from .gan import GAN, sample
+from .gates import GateCheck, GateOutcome
 from .training import extract_features, predict_logits, train_classifier
 
 GATE_DEFAULTS = {"n_samples": 2000, "max_fid_ratio": 1.10, "max_class_rate": 0.01,
@@ -117,7 +118,7 @@ def gan_report(gan: GAN, request, reference: nn.Module, holdout: Split | None = 
 
 
 def gan_gate_report(before: GAN, after: GAN, request, reference_classifier: nn.Module,
-                    holdout: Split | None = None, gates: dict | None = None) -> dict:
+                    holdout: Split | None = None, gates: dict | None = None) -> tuple[dict, GateOutcome]:
     """Metrics of the GAN before and after unlearning, and the gate verdict.
 
     ``gates`` is the ``gan_gates`` section of params.yaml. Keys returned:
@@ -128,8 +129,7 @@ def gan_gate_report(before: GAN, after: GAN, request, reference_classifier: nn.M
     ``membership_auc_before``/``_after`` (0.5 is ideal; gate for sample requests
     ``membership_auc_after <= max_membership_auc``) and, with
     ``downstream: true``, ``downstream_acc_before``/``_after`` (higher is
-    better; reported, not gated). ``passed`` and ``failures`` (names of the
-    failed gates) summarise.
+    better; reported, not gated). Returns the report and the gates' outcome.
     """
     unknown = set(gates or {}) - set(GATE_DEFAULTS)
     if unknown:
@@ -143,13 +143,12 @@ def gan_gate_report(before: GAN, after: GAN, request, reference_classifier: nn.M
     report = {f"{k}_{when}": v for when, r in (("before", b), ("after", a)) for k, v in r.items()
               if v is not None}
     report["fid_ratio"] = a["fid"] / b["fid"] if b["fid"] > 0 else float("inf")
-    failures = []
-    if report["fid_ratio"] > s["max_fid_ratio"]:
-        failures.append("fid_ratio")
-    if request.kind == "class" and a["class_rate"] > s["max_class_rate"]:
-        failures.append("class_rate")
-    if request.kind == "samples" and a["membership_auc"] > s["max_membership_auc"]:
-        failures.append("membership_auc")
-    report.update({"passed": not failures, "failures": failures,
-                   "thresholds": {k: s[k] for k in ("max_fid_ratio", "max_class_rate", "max_membership_auc")}})
-    return report
+    checks = [GateCheck("fid_ratio", report["fid_ratio"], s["max_fid_ratio"],
+                        report["fid_ratio"] <= s["max_fid_ratio"])]
+    if request.kind == "class":
+        checks.append(GateCheck("class_rate", a["class_rate"], s["max_class_rate"],
+                                a["class_rate"] <= s["max_class_rate"]))
+    if request.kind == "samples":
+        checks.append(GateCheck("membership_auc", a["membership_auc"], s["max_membership_auc"],
+                                a["membership_auc"] <= s["max_membership_auc"]))
+    return report, GateOutcome.of(checks)

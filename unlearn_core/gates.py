@@ -42,8 +42,7 @@ def gates_params(params: Params) -> GatesParams:
         for method, override in gp.per_method.items():
             GateThresholds.model_validate({**gp.default.model_dump(), **override})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError("params.yaml: gates." + ".".join(map(str, err["loc"])), err["msg"]) from None
+        raise InputError.from_validation(exc, "params.yaml: gates.") from None
     return gp
 
 
@@ -51,7 +50,7 @@ def thresholds_for(gp: GatesParams, method: str) -> GateThresholds:
     return GateThresholds.model_validate({**gp.default.model_dump(), **gp.per_method.get(method, {})})
 
 
-@dataclass
+@dataclass(frozen=True)
 class GateCheck:
     name: str
     value: float
@@ -59,15 +58,27 @@ class GateCheck:
     passed: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class GateOutcome:
+    """The verdict of one family's gates on one candidate: every model family returns this."""
+
     passed: bool
-    checks: list[GateCheck]
+    checks: tuple[GateCheck, ...]
+
+    @classmethod
+    def of(cls, checks: list[GateCheck]) -> "GateOutcome":
+        return cls(all(c.passed for c in checks), tuple(checks))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "GateOutcome":
+        return cls(bool(raw["passed"]), tuple(GateCheck(**c) for c in raw.get("checks", ())))
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks], "summary": self.summary}
 
-    def failed(self) -> str:
+    @property
+    def summary(self) -> str:
+        """The failed checks, e.g. ``forget_acc=0.0800 (limit 0.05)``; empty when all passed."""
         return ", ".join(f"{c.name}={c.value:.4f} (limit {c.limit})" for c in self.checks if not c.passed)
 
 
@@ -97,4 +108,4 @@ def evaluate_gates(kind: str, parent: dict, candidate: dict, limits: GateThresho
         ta = min(max(candidate["TA"], 0.0), 1.0)
         limit = limits.max_forget_gap + limits.forget_gap_sigmas * math.sqrt(ta * (1 - ta) / max(n_forget, 1))
         checks.append(GateCheck("forget_gap", gap, round(limit, 4), gap <= limit))
-    return GateOutcome(all(c.passed for c in checks), checks)
+    return GateOutcome.of(checks)

@@ -26,12 +26,13 @@ from .config import Params, method_config
 from .errors import InputError
 from .requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
 
-STATES = ("pending", "leased", "done", "dead_letter", "rejected")
+STATES = ("pending", "leased", "done", "failed", "dead_letter", "rejected")
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"leased", "rejected"}),
     # leased -> leased: an expired lease claimed again by another worker
-    "leased": frozenset({"leased", "done", "pending", "dead_letter", "rejected"}),
+    "leased": frozenset({"leased", "done", "failed", "pending", "dead_letter", "rejected"}),
     "done": frozenset(),
+    "failed": frozenset(),
     "dead_letter": frozenset(),
     "rejected": frozenset(),
 }
@@ -84,8 +85,7 @@ def queue_params(params: Params) -> QueueParams:
     try:
         return QueueParams.model_validate(method_config(params, "queue"))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError(f"params.yaml: queue.{'.'.join(map(str, err['loc']))}", err["msg"]) from None
+        raise InputError.from_validation(exc, "params.yaml: queue.") from None
 
 
 class IllegalTransition(RuntimeError):
@@ -226,16 +226,20 @@ class RequestQueue:
 
     def _claim(self, worker_id: str, request_id: str | None) -> Lease | None:
         now = self.clock()
-        where = "(state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?))"
+        # one writer per model: nothing of a model whose other request holds a live lease
+        where = ("(state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?)) AND NOT EXISTS ("
+                 "SELECT 1 FROM requests AS busy WHERE busy.state = 'leased' AND busy.lease_expires_at > ? "
+                 "AND json_extract(busy.payload, '$.model') = json_extract(requests.payload, '$.model') "
+                 "AND busy.request_id != requests.request_id)")
         with self._write() as con:
             while True:
                 if request_id is None:
                     row = con.execute(f"SELECT * FROM requests WHERE {where} ORDER BY seq LIMIT 1",
-                                      (now,)).fetchone()
+                                      (now, now)).fetchone()
                 else:
                     self._row(con, request_id)
                     row = con.execute(f"SELECT * FROM requests WHERE request_id = ? AND {where}",
-                                      (request_id, now)).fetchone()
+                                      (request_id, now, now)).fetchone()
                 if row is None:
                     return None
                 if row["attempts"] < self.max_attempts:
@@ -255,6 +259,17 @@ class RequestQueue:
                         (fence, worker_id, row["request_id"]))
         request = DeletionRequest.model_validate_json(row["payload"])
         return Lease(request, worker_id, attempt, fence, expires)
+
+    def assert_current(self, lease: Lease) -> None:
+        """Raise :class:`LeaseLost` unless ``lease`` is still the request's current, unexpired lease.
+
+        The fencing check right before a version is committed or promoted.
+        """
+        now = self.clock()
+        with self._connect() as con:
+            row = self._current(con, lease)
+        if row["lease_expires_at"] <= now:
+            raise LeaseLost(f"request {lease.request_id}: lease {lease.fence} of {lease.worker_id!r} expired")
 
     def heartbeat(self, lease: Lease) -> bool:
         """Extend a current lease; False if it was lost (stop working on the request then)."""
@@ -282,6 +297,14 @@ class RequestQueue:
             self._move(con, row, to, now, worker_id=lease.worker_id, note=error[:500],
                        lease_expires_at=None, last_error=error)
         return to
+
+    def mark_failed(self, lease: Lease, details: dict) -> None:
+        """Terminal ``failed``: every attempt failed its gates, exact retraining included. Never re-run."""
+        now = self.clock()
+        with self._write() as con:
+            row = self._current(con, lease)
+            self._move(con, row, "failed", now, worker_id=lease.worker_id, lease_expires_at=None,
+                       last_error=details.get("reason"), details=json.dumps(details, sort_keys=True))
 
     def reject(self, request_id: str, details: dict, lease: Lease | None = None) -> None:
         """Validation failed: terminal ``rejected`` with the reasons. With ``lease``, only if still current."""

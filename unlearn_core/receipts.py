@@ -1,26 +1,110 @@
-"""Deletion receipts: the auditable record of one request (JSON + markdown).
+"""The request path's records: attempts, lineage and the deletion receipt (JSON + markdown).
 
 A receipt holds sample ids (content hashes), counts, versions, metrics and gate
-outcomes; never sample bytes, never secrets.
+outcomes; never sample bytes, never secrets. Statuses: ``done`` (the deletion
+is in the model that holds ``prod``), ``rejected`` (bad forget/substitute data;
+nothing changed), ``failed`` (no attempt passed the gates, exact retraining
+included; nothing changed, no automatic re-run).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-RECEIPT_FIELDS = ("request_id", "status", "kind", "model", "subject_id", "method", "deleted_sample_ids",
-                  "parent_version", "new_version", "attempts", "metrics_before", "metrics_after",
-                  "gates", "validation", "timestamps", "storage", "reason")
+from .gates import GateOutcome
+
+STATUSES = ("done", "rejected", "failed")
 
 
-def build_receipt(**fields) -> dict:
-    unknown = set(fields) - set(RECEIPT_FIELDS)
-    if unknown:
-        raise TypeError(f"unknown receipt fields: {sorted(unknown)}")
-    receipt = {name: fields.get(name) for name in RECEIPT_FIELDS}
-    receipt["issued_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return receipt
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One method run on the request and the gates' verdict on its result."""
+
+    method: str
+    params: dict[str, Any]
+    time_s: float
+    peak_mem_bytes: int
+    metrics: dict[str, float]
+    gates: GateOutcome
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gates": self.gates.to_dict()}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a new version records about how it was made (committed beside the model in the registry)."""
+
+    arch: str
+    family: str
+    method: str
+    params: dict[str, Any]
+    kind: str
+    subject_id: str
+    requested_method: str
+    parent_version: str
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    gates: GateOutcome
+    attempts: list[str]
+    code_version: str
+    stamps: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gates": self.gates.to_dict()}
+
+
+@dataclass
+class Receipt:
+    request_id: str
+    status: str
+    kind: str
+    model: str
+    subject_id: str
+    method: str | None = None
+    deleted_sample_ids: list[str] = field(default_factory=list)
+    parent_version: str | None = None
+    new_version: str | None = None
+    prod_version: str | None = None  # the version holding prod when the receipt was issued (holds this deletion)
+    attempts: list[Attempt] = field(default_factory=list)
+    metrics_before: dict[str, float] | None = None
+    metrics_after: dict[str, float] | None = None
+    validation: list[dict] = field(default_factory=list)
+    timestamps: dict[str, str] = field(default_factory=dict)
+    storage: dict[str, str] | None = None
+    reason: str | None = None
+    issued_at: str = field(default_factory=now_iso)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"receipt status {self.status!r} is not one of {STATUSES}")
+
+    @property
+    def gates(self) -> GateOutcome | None:
+        return self.attempts[-1].gates if self.attempts else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["attempts"] = [a.to_dict() for a in self.attempts]
+        out["gates"] = self.gates.to_dict() if self.gates else None
+        return out
+
+    def write(self, receipts_dir: str | Path) -> dict[str, str]:
+        out = Path(receipts_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        json_path = out / f"{self.request_id}.json"
+        md_path = out / f"{self.request_id}.md"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        md_path.write_text(render_markdown(self.to_dict()))
+        return {"json": str(json_path), "markdown": str(md_path)}
 
 
 def render_markdown(receipt: dict) -> str:
@@ -29,7 +113,8 @@ def render_markdown(receipt: dict) -> str:
              f"- status: **{receipt['status']}**",
              f"- model: `{receipt['model']}`  kind: `{receipt['kind']}`  subject: `{receipt['subject_id']}`",
              f"- method: `{receipt.get('method')}`",
-             f"- versions: `{receipt.get('parent_version')}` -> `{receipt.get('new_version')}`",
+             f"- versions: `{receipt.get('parent_version')}` -> `{receipt.get('new_version')}`"
+             f" (prod: `{receipt.get('prod_version')}`)",
              f"- deleted samples: {len(ids)} (ids listed in the JSON receipt)"]
     if receipt.get("reason"):
         lines.append(f"- reason: {receipt['reason']}")
@@ -46,16 +131,6 @@ def render_markdown(receipt: dict) -> str:
     for stamp, value in (receipt.get("timestamps") or {}).items():
         lines.append(f"- {stamp}: {value}")
     return "\n".join(lines) + "\n"
-
-
-def write_receipt(receipts_dir: str | Path, receipt: dict) -> dict[str, str]:
-    out = Path(receipts_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{receipt['request_id']}.json"
-    md_path = out / f"{receipt['request_id']}.md"
-    json_path.write_text(json.dumps(receipt, indent=2, sort_keys=True, default=str) + "\n")
-    md_path.write_text(render_markdown(receipt))
-    return {"json": str(json_path), "markdown": str(md_path)}
 
 
 def read_receipts(receipts_dir: str | Path) -> list[dict]:

@@ -184,21 +184,6 @@ class SubmitContext:
                    tombstoned={t["sample_id"] for t in read_tombstones(data_dir)}, **kwargs)
 
 
-def _field_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "payload"
-
-
-def _reason(error: dict) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown field"
-    if error["type"] == "missing":
-        return "required field is missing"
-    return error["msg"].removeprefix("Value error, ")
-
-
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     seen: dict[str, Any] = {}
     for key, value in pairs:
@@ -235,8 +220,7 @@ def parse_request(payload: bytes | str | dict, ctx: SubmitContext) -> DeletionRe
     try:
         request = DeletionRequest.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(_field_path(first["loc"]), _reason(first)) from None
+        raise InputError.from_validation(exc) from None
     _check_against(request, ctx)
     return request
 

@@ -29,8 +29,7 @@ def _gan_params(path):
     try:
         return GanParams(**method_config(load_params(path), "gan"))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InputError("params.yaml: gan." + ".".join(map(str, err["loc"])), err["msg"]) from None
+        raise InputError.from_validation(exc, "params.yaml: gan.") from None
 
 
 def _train(args) -> int:

@@ -27,10 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.set_defaults(handler=_process)
 
-    p = sub.add_parser("serve", help="serve process-request (event-triggered) and watch-queue (scheduled)")
+    p = sub.add_parser("serve", help="warm workers + process-request and watch-queue (scheduled) deployments")
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.add_argument("--interval", type=int, default=60, help="watch-queue schedule in seconds")
+    p.add_argument("--workers", type=int, default=1,
+                   help="warm task workers to start (0: process-request runs per event, in fresh processes)")
     p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("worker", help="a warm task worker: runs submitted requests with everything loaded")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--limit", type=int, default=2, help="requests run at once (one per model at most)")
+    p.set_defaults(handler=_worker)
 
     p = sub.add_parser("status", help="state, attempts and result of one request")
     p.add_argument("request_id")
@@ -54,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _runtime(args):
-    from flows.runtime import Runtime
+    from adapters.runtime import Runtime
 
     return Runtime.from_env(args.state_dir)
 
@@ -68,31 +75,6 @@ def _init(args) -> int:
     return 0
 
 
-def submit_payload(rt, payload: bytes) -> tuple[str, bool]:
-    """Validate against the current dataset version and enqueue; emits the event that triggers processing."""
-    from unlearn_core.data import read_manifest
-    from unlearn_core.methods import METHODS
-    from unlearn_core.queue import queue_params
-    from unlearn_core.requests import SubmitContext, parse_request
-
-    rt.require_initialised()
-    data_dir = rt.registry.data_dir()
-    num_classes = max(r["label"] for r in read_manifest(data_dir)) + 1
-    ctx = SubmitContext.from_data_dir(data_dir, models=rt.model_infos(num_classes), methods=set(METHODS),
-                                      substitute_root=rt.substitute_root, bucket=rt.s3.bucket,
-                                      max_payload_bytes=queue_params(rt.params).max_payload_bytes)
-    request = parse_request(payload, ctx)
-    request_id, created = rt.queue.enqueue(request)
-    if created:
-        from prefect.events import emit_event
-
-        from flows.serve import SUBMITTED_EVENT
-
-        emit_event(SUBMITTED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{request_id}",
-                                              "unlearnops.request_id": request_id})
-    return request_id, created
-
-
 def _submit(args) -> int:
     from unlearn_core.errors import InputError
 
@@ -101,7 +83,9 @@ def _submit(args) -> int:
         payload = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     except OSError as exc:
         raise InputError("file", f"cannot read {args.file}: {exc.strerror}") from None
-    request_id, created = submit_payload(rt, payload)
+    from flows.submit import submit_payload
+
+    request_id, created = submit_payload(rt, payload, notify=not args.process)
     print(f"{request_id} {'enqueued' if created else 'already submitted (same idempotency key)'}")
     if args.process:
         from flows.process_request import process_request
@@ -127,7 +111,17 @@ def _process(args) -> int:
 def _serve(args) -> int:
     from flows.serve import serve_pipeline
 
-    serve_pipeline(_runtime(args), interval_s=args.interval)
+    serve_pipeline(_runtime(args), interval_s=args.interval, workers=args.workers)
+    return 0
+
+
+def _worker(args) -> int:
+    from flows.serve import resolve_api_url
+    from flows.worker import run_worker
+
+    rt = _runtime(args)
+    resolve_api_url(rt)
+    run_worker(str(rt.state_dir), limit=args.limit)
     return 0
 
 

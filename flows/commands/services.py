@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _state_dir(arg):
     from pathlib import Path
 
-    from flows.services import default_state_dir
+    from adapters.services import default_state_dir
     from unlearn_core.errors import InputError
 
     state = Path(arg).expanduser().resolve() if arg else default_state_dir().resolve()
@@ -29,7 +29,7 @@ def _state_dir(arg):
 
 
 def _up(args) -> int:
-    from flows.services import EmbeddedS3, PrefectServer
+    from adapters.services import EmbeddedS3, PrefectServer
 
     state = _state_dir(args.state_dir)
     s3 = EmbeddedS3(state)
@@ -47,7 +47,7 @@ def _up(args) -> int:
 
 
 def _down(args) -> int:
-    from flows.services import EmbeddedS3, PrefectServer
+    from adapters.services import EmbeddedS3, PrefectServer
 
     state = _state_dir(args.state_dir)
     for name, service in (("Prefect server", PrefectServer(state)), ("S3", EmbeddedS3(state))):

@@ -84,9 +84,7 @@ class UnlearnMethod:
         try:
             self.params = self.Params.model_validate(config or {})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{self.name}.{where}", err["msg"]) from None
+            raise InputError.from_validation(exc, f"{self.name}.") from None
 
     def check(self, request: ForgetRequest) -> None:
         """Reject a request this method cannot serve, before any work."""

@@ -28,7 +28,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from tasks.registry import DEFAULT_BUCKET, DEFAULT_REGION, S3Config
+from adapters.registry import DEFAULT_BUCKET, DEFAULT_REGION, S3Config
 from unlearn_core.errors import InputError
 
 STATE_ENV = "UNLEARNOPS_STATE_DIR"

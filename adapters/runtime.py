@@ -14,20 +14,31 @@ never the project checkout) holds everything a deployment needs::
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from flows.services import default_state_dir, s3_config
-from tasks.registry import RegistryWorkspace, S3Config
+from adapters.services import default_state_dir, s3_config
+from adapters.registry import RegistryWorkspace, S3Config
 from unlearn_core.config import Params, load_params
 from unlearn_core.errors import InputError
 from unlearn_core.queue import RequestQueue, queue_params
 from unlearn_core.requests import ModelInfo
 
 SUBSTITUTE_ROOT_ENV = "UNLEARNOPS_SUBSTITUTE_ROOT"
+_PROJECT = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    """The project's git commit (or 'unknown' outside a checkout): recorded in every lineage."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_PROJECT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 class ModelEntry(BaseModel):
@@ -93,12 +104,11 @@ class Runtime:
         try:
             return {name: ModelEntry.model_validate(entry or {}) for name, entry in raw.items()}
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InputError("params.yaml: models." + ".".join(map(str, err["loc"])), err["msg"]) from None
+            raise InputError.from_validation(exc, "params.yaml: models.") from None
 
     def family(self, model_name: str):
-        """The family object (tasks.families) that loads, saves, trains and gates this model."""
-        from tasks.families import FAMILIES
+        """The family object (unlearn_core.families) that loads, saves, trains and gates this model."""
+        from unlearn_core.families import FAMILIES
 
         entry = self.models[model_name]
         if entry.family not in FAMILIES:

@@ -46,8 +46,7 @@ def validation_params(params: Params) -> ValidationParams:
     try:
         vp = ValidationParams.model_validate(method_config(params, "validation"))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError("params.yaml: validation." + ".".join(map(str, first["loc"])), first["msg"]) from None
+        raise InputError.from_validation(exc, "params.yaml: validation.") from None
     if vp.substitute_min_rows > vp.substitute_max_rows:
         raise InputError("params.yaml: validation.substitute_min_rows", "must not exceed substitute_max_rows")
     return vp

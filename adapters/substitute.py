@@ -8,7 +8,7 @@ layout, folder names are the integer labels).
 
 S3 objects are downloaded into ``workdir``, the per-request temp dir the
 caller purges when the request ends. The pixel dtype and value range are not
-coerced here: :func:`tasks.validation.validate_substitute` checks them so a
+coerced here: :func:`adapters.validation.validate_substitute` checks them so a
 bad upload is rejected with GX results in the receipt.
 """
 from __future__ import annotations

@@ -97,6 +97,33 @@ class RegistryError(RuntimeError):
     """A git/dvc command failed inside the workspace."""
 
 
+class Superseded(PromoteError):
+    """A stage would move back to an older version, undoing the deletions of the versions after it."""
+
+    def __init__(self, model_name: str, version: str, current: str):
+        self.model_name, self.version, self.current = model_name, version, current
+        super().__init__(f"{model_name} {version} not promoted: {current}, a later version, holds the stage")
+
+
+class ParentMoved(RuntimeError):
+    """Compare-and-swap refused a commit: the model's head is no longer the parent it was derived from.
+
+    The request must be re-run on the new head, or the earlier deletion would be undone.
+    """
+
+    def __init__(self, model_name: str, expected: str, head: str):
+        self.model_name, self.expected, self.head = model_name, expected, head
+        super().__init__(f"{model_name}: derived from {expected}, but the head is now {head}")
+
+
+class DuplicateVersion(RuntimeError):
+    """The request already has a version: one request id never gets a second one."""
+
+    def __init__(self, version: "Version"):
+        self.version = version
+        super().__init__(f"request {version.request_id} already has {version.name} {version.semver}")
+
+
 @dataclass
 class Version:
     name: str
@@ -141,8 +168,7 @@ class RegistryWorkspace:
         try:
             self.params = RegistryParams.model_validate(params or {})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InputError("params.yaml: registry." + ".".join(map(str, err["loc"])), err["msg"]) from None
+            raise InputError.from_validation(exc, "params.yaml: registry.") from None
         self.s3 = s3
         if self.exists():
             self._write_local_config(self.path)
@@ -305,8 +331,16 @@ class RegistryWorkspace:
         return self.version(model_name, 1)
 
     def commit_version(self, model_name: str, model_path: str | Path, request_id: str, lineage: dict,
-                       deleted_sample_ids, dataset_change: Callable[[Path], object] | None = None) -> Version:
-        """Commit a new version: dataset change applied to ``data/``, the model, lineage. No push."""
+                       deleted_sample_ids, parent: str, dataset_change: Callable[[Path], object] | None = None,
+                       guard: Callable[[], object] | None = None) -> Version:
+        """Commit a new version derived from ``parent``: dataset change applied to ``data/``, the model,
+        lineage. No push.
+
+        Compare-and-swap under the workspace lock: refused with :class:`ParentMoved` unless ``parent``
+        is still the model's head (its latest version), and with :class:`DuplicateVersion` if the
+        request already has a version. ``guard`` (the caller's lease check) runs last, right before
+        anything is written; whatever it raises aborts the commit.
+        """
         self._check_name(model_name)
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -324,13 +358,18 @@ class RegistryWorkspace:
             numbers = self._numbers(model_name)
             if not numbers:
                 raise InputError("model_name", f"no model {model_name!r} in {self.path}")
+            earlier = self.version_for_request(model_name, request_id)
+            if earlier is not None:
+                raise DuplicateVersion(earlier)
+            head = self.version(model_name, numbers[-1])
+            if head.semver != parent:
+                raise ParentMoved(model_name, parent, head.semver)
+            if guard is not None:
+                guard()
             number = numbers[-1] + 1
-            # the model is derived from prod (what flows unlearn from); the data from the latest commit,
-            # which may hold deletions of versions that were committed but never promoted
-            parent = self.prod(model_name) or self.version(model_name, numbers[-1])
             rec = {**lineage, "request_id": request_id, "deleted_sample_ids": ids, "created_at": _now(),
-                   "parent": {"version": parent.semver, "git_sha": parent.git_sha,
-                              "model_md5": parent.model_md5, "data_md5": parent.data_md5},
+                   "parent": {"version": head.semver, "git_sha": head.git_sha,
+                              "model_md5": head.model_md5, "data_md5": head.data_md5},
                    "data_before_md5": self._md5("data.dvc")}
             try:
                 if dataset_change is not None:
@@ -342,16 +381,61 @@ class RegistryWorkspace:
                 raise
         return self.version(model_name, number, sha)
 
+    def version_for_request(self, model_name: str, request_id: str) -> Version | None:
+        """The version committed for ``request_id``, if any (read from the committed lineage files)."""
+        for number in reversed(self._numbers(model_name)):
+            lineage = json.loads((self.path / self._lineage_rel(model_name, number)).read_text())
+            if lineage.get("request_id") == request_id:
+                return self.version(model_name, number)
+        return None
+
+    def head(self, model_name: str) -> Version | None:
+        """The model's latest committed version: what the next version must be derived from.
+
+        Every committed version passed its gates, so the head already holds every deletion
+        committed for the model, even one whose push or promotion is still pending.
+        """
+        numbers = self._numbers(model_name)
+        return self.version(model_name, numbers[-1]) if numbers else None
+
     def _restore(self) -> None:
         """Undo a half-made version: files back to the last commit."""
         self._git("checkout", "-q", "HEAD", "--", ".")
         self._git("clean", "-qfd", "--", "lineage")
         self._dvc("checkout", "-q", "--force")
 
-    def push(self) -> None:
-        """Upload every committed version's objects (``dvc push --all-commits``)."""
-        with self._lock():
-            self._dvc("push", "-q", "--all-commits", error=PushError)
+    def push(self, version: Version | None = None) -> None:
+        """Upload one version's objects (its model and its dataset version), or, with no version,
+        every committed version's (``dvc push --all-commits``, for a first version)."""
+        if version is None:
+            with self._lock():
+                self._dvc("push", "-q", "--all-commits", error=PushError)
+            return
+        targets = [self._model_rel(version.name) + ".dvc", "data.dvc"]
+        with self._lock(), self._dvc_env():
+            from dvc.repo import Repo
+
+            try:
+                with Repo(str(self.path)) as repo:
+                    repo.push(targets=targets, revs=[version.git_sha], workspace=False, remote=REMOTE)
+            except Exception as exc:  # noqa: BLE001 - connection refused, auth, missing cache ...
+                raise PushError(f"dvc push of {version.name} {version.semver} failed: "
+                                f"{self._scrub(str(exc))[:500]}") from None
+
+    @contextmanager
+    def _dvc_env(self):
+        """The S3 retry settings of ``_env`` for DVC called in this process."""
+        env = self._env()
+        saved = {k: os.environ.get(k) for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "DVC_NO_ANALYTICS")}
+        os.environ.update({k: env[k] for k in saved})
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def purge_superseded_data(self) -> list[str]:
         """Erase the files of older dataset versions from the local cache and the remote.
@@ -389,11 +473,8 @@ class RegistryWorkspace:
         number = _number(version)
         sha = self._sha(model_name, number)
         rel = self._model_rel(model_name)
-        env = self._env()
-        saved = {k: os.environ.get(k) for k in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "DVC_NO_ANALYTICS")}
-        os.environ.update({k: env[k] for k in saved})
         try:
-            with Repo(str(self.path)) as repo, repo.switch(sha):
+            with self._dvc_env(), Repo(str(self.path)) as repo, repo.switch(sha):
                 used = repo.used_objs([rel + ".dvc", "data.dvc"], force=True, push=True)
                 missing = []
                 for odb, ids in used.items():
@@ -411,12 +492,6 @@ class RegistryWorkspace:
                     missing.append(md5)
         except Exception as exc:  # noqa: BLE001 - any failure to reach/read the remote
             raise PushError(f"cannot check the remote: {self._scrub(str(exc))[:500]}") from None
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         return sorted(set(missing))
 
     def _remote_key(self, md5: str) -> str:
@@ -436,16 +511,19 @@ class RegistryWorkspace:
                                  author=GIT_USER[0], author_email=GIT_USER[1])
         return tag
 
-    def promote(self, model_name: str, version, stage: str = "prod") -> str:
+    def promote(self, model_name: str, version, stage: str = "prod", guard: Callable[[], object] | None = None) -> str:
         """``gto assign``: give the version ``stage``; refuses unless its objects are on the remote.
 
-        Idempotent (a version that already holds the stage keeps it); promoting an
-        older version again is a rollback.
+        Idempotent (a version that already holds the stage keeps it). A stage never moves back to
+        an older version (:class:`Superseded`): each version is derived from the one before, so an
+        older one lacks the deletions made since. ``guard`` (the caller's lease check) runs under
+        the workspace lock right before the assignment.
         """
         import gto.api
 
         number = _number(version)
-        if self._gto_state(model_name)["stages"].get(stage) == semver(number):
+        current = self._gto_state(model_name)["stages"].get(stage)
+        if current == semver(number):
             return stage
         try:
             missing = self.missing_on_remote(model_name, number)
@@ -456,6 +534,11 @@ class RegistryWorkspace:
                                "from the remote (push first; erased data versions cannot be promoted)")
         self.register(model_name, number)
         with self._lock():
+            current = self._gto_state(model_name)["stages"].get(stage)
+            if current is not None and _number(current) > number:
+                raise Superseded(model_name, semver(number), current)
+            if guard is not None:
+                guard()
             self._wait_next_second(model_name)
             gto.api.assign(str(self.path), model_name, stage, version=semver(number), force=True,
                            author=GIT_USER[0], author_email=GIT_USER[1])

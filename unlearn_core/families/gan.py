@@ -1,66 +1,15 @@
-"""What differs between model families in the pipeline: load/save, base training, gates.
-
-``process-request`` talks to a family object and never branches on the family
-itself; adding a family means adding one class here and a ``models:`` entry.
-"""
+"""DCGANs: cascaded unlearning, exact GAN retraining, GAN gates (``gan_gates``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from unlearn_core.config import Params, method_config
 from unlearn_core.data import Dataset
-from unlearn_core.gates import evaluate_gates, gates_params, thresholds_for
+from unlearn_core.families.base import floats
+from unlearn_core.gates import GateOutcome
 from unlearn_core.methods import ForgetRequest
-from unlearn_core.metrics import classifier_report
 from unlearn_core.models import build_model, load_model, pick_device, save_model
 from unlearn_core.training import accuracy, train_classifier
-
-REPORT_KEYS = ("UA", "RA", "TA", "TA_retained", "TA_forget", "MIA_efficacy", "Fs")
-
-
-class ClassifierFamily:
-    name = "classifier"
-    exact_method = "retrain"
-
-    def __init__(self, params: Params, arch: str, state_dir: Path):
-        self.params, self.arch = params, arch
-
-    def load(self, path) -> torch.nn.Module:
-        return load_model(path, pick_device())[0]
-
-    def save(self, model, path, dataset: Dataset) -> None:
-        save_model(model.cpu(), self.arch, dataset.num_classes, dataset.image_shape[0], path)
-
-    def train_base(self, data_dir: Path, workdir: Path, path: Path) -> dict:
-        """The DVC pipeline's own stages (prepare -> train -> evaluate) on the dataset directory."""
-        from unlearn_core.stages import evaluate, prepare, train
-
-        prepare(data_dir, workdir / "prepared")
-        train(workdir / "prepared", self.params, path)
-        metrics = evaluate(workdir / "prepared", path, workdir / "metrics.json", workdir / "per_class.csv")
-        return {"params": self.params.train.model_dump(), "metrics_after": metrics}
-
-    def exact_config(self) -> dict:
-        return self.params.train.model_dump(exclude={"model"})
-
-    def method_kwargs(self, method: str, dataset: Dataset) -> dict:
-        return {}
-
-    def parent_report(self, parent, dataset: Dataset, request: ForgetRequest) -> dict:
-        return classifier_report(parent, dataset.train, dataset.test, request.forget_mask, request.forget_class,
-                                 seed=request.seed)
-
-    def evaluate(self, method: str, parent, parent_report: dict, model, dataset: Dataset,
-                 request: ForgetRequest) -> tuple[dict, dict]:
-        report = self.parent_report(model, dataset, request)
-        limits = thresholds_for(gates_params(self.params), method)
-        outcome = evaluate_gates(request.kind, parent_report, report, limits, int(request.forget_mask.sum()))
-        return _floats(report), {**outcome.to_dict(), "summary": outcome.failed()}
-
-    def headline(self, report: dict) -> dict:
-        return {k: report[k] for k in REPORT_KEYS if k in report}
 
 
 class GanFamily:
@@ -131,23 +80,13 @@ class GanFamily:
         return {}  # gan_gate_report scores parent and candidate together
 
     def evaluate(self, method: str, parent, parent_report: dict, model, dataset: Dataset,
-                 request: ForgetRequest) -> tuple[dict, dict]:
+                 request: ForgetRequest) -> tuple[dict, GateOutcome]:
         from unlearn_core.gan_metrics import gan_gate_report
 
         gates = method_config(self.params, "gan_gates")
         holdout = self.holdout_halves(dataset)[1] if request.kind == "samples" else None
-        report = gan_gate_report(parent, model, request, self.reference(), holdout=holdout, gates=gates)
-        failures = report.pop("failures", [])
-        passed = bool(report.pop("passed"))
-        return _floats(report), {"passed": passed, "failures": failures,
-                                 "summary": ", ".join(failures)}
+        report, outcome = gan_gate_report(parent, model, request, self.reference(), holdout=holdout, gates=gates)
+        return floats(report), outcome
 
     def headline(self, report: dict) -> dict:
         return report
-
-
-FAMILIES = {f.name: f for f in (ClassifierFamily, GanFamily)}
-
-
-def _floats(report: dict) -> dict:
-    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float))}

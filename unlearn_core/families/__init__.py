@@ -1,0 +1,10 @@
+"""Model families (classifier, GAN): see :class:`~unlearn_core.families.base.ModelFamily`."""
+from __future__ import annotations
+
+from unlearn_core.families.base import ModelFamily
+from unlearn_core.families.classifier import ClassifierFamily
+from unlearn_core.families.gan import GanFamily
+
+FAMILIES: dict[str, type[ModelFamily]] = {f.name: f for f in (ClassifierFamily, GanFamily)}
+
+__all__ = ["FAMILIES", "ModelFamily", "ClassifierFamily", "GanFamily"]

@@ -1,0 +1,46 @@
+"""What the pipeline needs from a model family: one protocol, no branching on the family.
+
+``process-request`` talks to a family object only; adding a family means one
+module implementing :class:`ModelFamily` and an entry in ``FAMILIES``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from unlearn_core.config import Params
+from unlearn_core.data import Dataset
+from unlearn_core.gates import GateOutcome
+from unlearn_core.methods import ForgetRequest
+
+
+class ModelFamily(Protocol):
+    name: ClassVar[str]
+    exact_method: ClassVar[str]  # the escalation target when every other attempt fails its gates
+
+    def __init__(self, params: Params, arch: str, state_dir: Path): ...
+
+    def load(self, path) -> Any: ...
+
+    def save(self, model, path, dataset: Dataset) -> None: ...
+
+    def train_base(self, data_dir: Path, workdir: Path, path: Path) -> dict:
+        """Train the base model into ``path``; returns lineage fields (params, metrics)."""
+
+    def exact_config(self) -> dict: ...
+
+    def method_kwargs(self, method: str, dataset: Dataset) -> dict:
+        """Extra constructor arguments a method of this family needs (reference models, held-out data)."""
+
+    def parent_report(self, parent, dataset: Dataset, request: ForgetRequest) -> dict: ...
+
+    def evaluate(self, method: str, parent, parent_report: dict, model, dataset: Dataset,
+                 request: ForgetRequest) -> tuple[dict, GateOutcome]:
+        """The candidate's metrics and the gates' verdict against the parent."""
+
+    def headline(self, report: dict) -> dict:
+        """The metrics worth a lineage record and a receipt."""
+
+
+def floats(report: dict) -> dict:
+    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float))}

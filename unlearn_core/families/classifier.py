@@ -1,0 +1,59 @@
+"""Image classifiers (MNIST CNN, ResNet-18): classifier metrics and retained-data gates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unlearn_core.config import Params
+from unlearn_core.data import Dataset
+from unlearn_core.families.base import floats
+from unlearn_core.gates import GateOutcome, evaluate_gates, gates_params, thresholds_for
+from unlearn_core.methods import ForgetRequest
+from unlearn_core.metrics import classifier_report
+from unlearn_core.models import load_model, pick_device, save_model
+
+REPORT_KEYS = ("UA", "RA", "TA", "TA_retained", "TA_forget", "MIA_efficacy", "Fs")
+
+
+class ClassifierFamily:
+    name = "classifier"
+    exact_method = "retrain"
+
+    def __init__(self, params: Params, arch: str, state_dir: Path):
+        self.params, self.arch = params, arch
+
+    def load(self, path) -> torch.nn.Module:
+        return load_model(path, pick_device())[0]
+
+    def save(self, model, path, dataset: Dataset) -> None:
+        save_model(model.cpu(), self.arch, dataset.num_classes, dataset.image_shape[0], path)
+
+    def train_base(self, data_dir: Path, workdir: Path, path: Path) -> dict:
+        """The DVC pipeline's own stages (prepare -> train -> evaluate) on the dataset directory."""
+        from unlearn_core.stages import evaluate, prepare, train
+
+        prepare(data_dir, workdir / "prepared")
+        train(workdir / "prepared", self.params, path)
+        metrics = evaluate(workdir / "prepared", path, workdir / "metrics.json", workdir / "per_class.csv")
+        return {"params": self.params.train.model_dump(), "metrics_after": metrics}
+
+    def exact_config(self) -> dict:
+        return self.params.train.model_dump(exclude={"model"})
+
+    def method_kwargs(self, method: str, dataset: Dataset) -> dict:
+        return {}
+
+    def parent_report(self, parent, dataset: Dataset, request: ForgetRequest) -> dict:
+        return classifier_report(parent, dataset.train, dataset.test, request.forget_mask, request.forget_class,
+                                 seed=request.seed)
+
+    def evaluate(self, method: str, parent, parent_report: dict, model, dataset: Dataset,
+                 request: ForgetRequest) -> tuple[dict, GateOutcome]:
+        report = self.parent_report(model, dataset, request)
+        limits = thresholds_for(gates_params(self.params), method)
+        outcome = evaluate_gates(request.kind, parent_report, report, limits, int(request.forget_mask.sum()))
+        return floats(report), outcome
+
+    def headline(self, report: dict) -> dict:
+        return {k: report[k] for k in REPORT_KEYS if k in report}
