@@ -281,3 +281,62 @@ class PrefectServer:
     def stop(self) -> bool:
         self.url_file.unlink(missing_ok=True)
         return _terminate(self.pid_file, "prefect")
+
+
+def _die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class TemporaryPrefectApi:
+    """A Prefect API for one command: the configured one, the background server of ``unlearn up``, or a
+    temporary server that lives exactly as long as this process.
+
+    Prefect's own ephemeral server outlives a killed parent (an orphan of ~190 MB each time); this one
+    is started with PR_SET_PDEATHSIG, so the kernel stops it whatever way its parent ends.
+    """
+
+    def __init__(self, state_dir: str | Path, timeout: float = 120.0):
+        self.state_dir, self.timeout = Path(state_dir), timeout
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        url = os.environ.get("PREFECT_API_URL") or PrefectServer(self.state_dir).api_url()
+        if url:
+            os.environ["PREFECT_API_URL"] = url
+            return url
+        port = free_port()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        url = f"http://127.0.0.1:{port}/api"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        try:
+            _wait_until(healthy, "temporary prefect server", self.timeout, self.proc, Path(os.devnull))
+        except BaseException:
+            self.__exit__()
+            raise
+        os.environ["PREFECT_API_URL"] = url
+        return url
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            os.environ.pop("PREFECT_API_URL", None)
+            self.proc = None

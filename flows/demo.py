@@ -21,6 +21,13 @@ def run_demo(state_dir: str | None, params_path: str) -> int:
     started = time.perf_counter()
     state = Path(state_dir).expanduser().resolve() if state_dir else Path(tempfile.mkdtemp(prefix="unlearnops-demo-"))
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect-home"))  # keep Prefect's files with the demo
+    from adapters.services import TemporaryPrefectApi
+
+    with TemporaryPrefectApi(state):  # before Prefect is imported: its settings are read once
+        return _run(state, params_path, started)
+
+
+def _run(state: Path, params_path: str, started: float) -> int:
     import numpy as np
 
     from flows.submit import submit_payload
@@ -44,7 +51,7 @@ def run_demo(state_dir: str | None, params_path: str) -> int:
             {"subject_id": subject, "kind": "subject", "model": "mnist-cnn", "forget": {"subject": subject}},
         ]
         for payload in requests:
-            request_id, _ = submit_payload(rt, json.dumps(payload).encode())
+            request_id, _ = submit_payload(rt, json.dumps(payload).encode(), notify=False)
             print(f"== submitted {payload['kind']} deletion {request_id}; processing ...")
             outcome = process_request(request_id=request_id, state_dir=str(state))
             receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -95,28 +97,41 @@ def _handle(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir: Path) -> Re
     earlier = rt.registry.version_for_request(request.model, request.request_id)
     if earlier is not None:  # a previous attempt committed it, then died: finish that version, make no other
         log.info("request %s resumes %s %s", request.request_id, request.model, earlier.semver)
-        return _publish(rt, lease, keeper, earlier, stamps, reason="resumed after a worker died")
+        return _publish(rt, lease, keeper, earlier, stamps, {}, reason="resumed after a worker died")
     for _ in range(MAX_REBASES):
         try:
-            return _unlearn_and_commit(rt, lease, keeper, workdir, dict(stamps))
+            return _unlearn_and_commit(rt, lease, keeper, workdir, dict(stamps), {})
         except ParentMoved as moved:  # another writer's version landed first: redo the work on top of it
             log.warning("request %s: %s; re-running on %s", request.request_id, moved, moved.head)
         except DuplicateVersion as dup:
-            return _publish(rt, lease, keeper, dup.version, stamps)
+            return _publish(rt, lease, keeper, dup.version, stamps, {})
     raise RuntimeError(f"request {request.request_id}: the head of {request.model} moved {MAX_REBASES} times")
 
 
-def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir: Path, stamps: dict) -> Receipt:
+@contextmanager
+def _timed(durations: dict, phase: str):
+    """Add the block's wall time to ``durations[phase]`` (seconds)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        durations[phase] = round(durations.get(phase, 0.0) + time.perf_counter() - started, 4)
+
+
+def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir: Path, stamps: dict,
+                        durations: dict) -> Receipt:
     log = get_run_logger()
     request = lease.request
     entry, family = rt.models[request.model], rt.family(request.model)
-    parent = rt.registry.head(request.model)
-    parent_model = family.load(rt.registry.model_path(request.model, parent))
-    dataset = load_dataset(rt.registry.data_dir())
-    forget_rows = resolve_forget_rows(request, read_manifest(rt.registry.data_dir()))
+    with _timed(durations, "load_s"):
+        parent = rt.registry.head(request.model)
+        parent_model = family.load(rt.registry.model_path(request.model, parent))
+        dataset = load_dataset(rt.registry.data_dir())
+        forget_rows = resolve_forget_rows(request, read_manifest(rt.registry.data_dir()))
     forget_ids = sorted(r["sample_id"] for r in forget_rows)
-    reports, substitute = t.validate(rt, request, forget_rows, workdir, dataset.image_shape,
-                                     dataset.num_classes, set(dataset.train.ids))
+    with _timed(durations, "validate_s"):
+        reports, substitute = t.validate(rt, request, forget_rows, workdir, dataset.image_shape,
+                                         dataset.num_classes, set(dataset.train.ids))
     validation = [r.to_dict() for r in reports]
     if not all(r.success for r in reports):
         failed = "; ".join(r.failed() for r in reports if not r.success)
@@ -126,14 +141,16 @@ def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir:
     method = request.method if request.method != "auto" else select_method(request.kind, family.name,
                                                                              substitute is not None)
     forget_request = build_forget_request(request, dataset, entry.arch, forget_ids, substitute)
-    parent_report = family.parent_report(parent_model, dataset, forget_request)
+    with _timed(durations, "compute_s"):  # what the request costs itself: evaluation and unlearning
+        parent_report = family.parent_report(parent_model, dataset, forget_request)
     attempts: list[Attempt] = []
     chosen = None
     for name, config in t.method_attempts(rt, method, family):
         keeper.check()
-        model, result = t.run_unlearning(parent_model, name, config, forget_request,
-                                         family.method_kwargs(name, dataset))
-        report, gates = t.evaluate(family, name, parent_model, parent_report, model, dataset, forget_request)
+        with _timed(durations, "compute_s"):
+            model, result = t.run_unlearning(parent_model, name, config, forget_request,
+                                             family.method_kwargs(name, dataset))
+            report, gates = t.evaluate(family, name, parent_model, parent_report, model, dataset, forget_request)
         attempts.append(Attempt(name, result.params, result.time_s, result.peak_mem_bytes, report, gates,
                                 _details(result.details)))
         log.info("request %s: %s gates %s %s", request.request_id, name, "pass" if gates.passed else "fail",
@@ -147,7 +164,7 @@ def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir:
         return _fail(rt, lease, _receipt(
             request, "failed", method=method, deleted_sample_ids=forget_ids, parent_version=parent.semver,
             prod_version=parent.semver, attempts=attempts, metrics_before=before, validation=validation,
-            timestamps=stamps, reason="no attempt passed the gates, exact retraining included"))
+            timestamps=stamps, durations_s=durations, reason="no attempt passed the gates, exact retraining included"))
 
     final = attempts[-1]
     lineage = Lineage(arch=entry.arch, family=family.name, method=final.method, params=final.params,
@@ -155,9 +172,10 @@ def _unlearn_and_commit(rt: Runtime, lease: Lease, keeper: LeaseKeeper, workdir:
                       parent_version=parent.semver, metrics_before=before,
                       metrics_after=family.headline(final.metrics), gates=final.gates,
                       attempts=[a.method for a in attempts], code_version=code_version(), stamps=stamps)
-    version = t.commit_version(rt, family, request.model, chosen, dataset, request, parent.semver,
-                               lineage.to_dict(), forget_ids, workdir, guard=keeper.check)
-    return _publish(rt, lease, keeper, version, stamps, attempts=attempts, validation=validation)
+    with _timed(durations, "commit_s"):
+        version = t.commit_version(rt, family, request.model, chosen, dataset, request, parent.semver,
+                                   lineage.to_dict(), forget_ids, workdir, guard=keeper.check)
+    return _publish(rt, lease, keeper, version, stamps, durations, attempts=attempts, validation=validation)
 
 
 def _details(details: dict) -> dict:
@@ -181,16 +199,19 @@ def _fail(rt: Runtime, lease: Lease, receipt: Receipt) -> Receipt:
     return receipt
 
 
-def _publish(rt: Runtime, lease: Lease, keeper: LeaseKeeper, version: Version, stamps: dict,
+def _publish(rt: Runtime, lease: Lease, keeper: LeaseKeeper, version: Version, stamps: dict, durations: dict,
              attempts: list[Attempt] | None = None, validation: list | None = None,
              reason: str | None = None) -> Receipt:
     """Push, promote, receipt, ack (the tail shared by first runs and resumed ones)."""
     request = lease.request
-    t.push_version(rt, version)
+    with _timed(durations, "push_s"):
+        t.push_version(rt, version)
     stamps["pushed_at"] = now_iso()
-    prod = t.promote_version(rt, request.model, version, guard=keeper.check)
+    with _timed(durations, "promote_s"):
+        prod = t.promote_version(rt, request.model, version, guard=keeper.check)
     stamps["promoted_at"] = now_iso()
-    t.erase_superseded_data(rt)
+    with _timed(durations, "erase_s"):
+        t.erase_superseded_data(rt)
     stamps["superseded_data_erased_at"] = now_iso()
     lineage = version.lineage
     receipt = _receipt(
@@ -198,7 +219,7 @@ def _publish(rt: Runtime, lease: Lease, keeper: LeaseKeeper, version: Version, s
         parent_version=lineage.get("parent_version"), new_version=version.semver, prod_version=prod,
         attempts=attempts or [], metrics_before=lineage.get("metrics_before"),
         metrics_after=lineage.get("metrics_after"), validation=validation or [], timestamps=stamps,
-        storage={"registry": str(rt.registry.path), "git_sha": version.git_sha, "model_md5": version.model_md5,
+        durations_s=durations, storage={"registry": str(rt.registry.path), "git_sha": version.git_sha, "model_md5": version.model_md5,
                  "data_md5": version.data_md5, "remote": f"s3://{rt.s3.bucket}",
                  "gto_tag": f"{request.model}@{version.semver}"},
         reason=reason if prod == version.semver else f"{reason + '; ' if reason else ''}prod {prod} was "

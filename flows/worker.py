@@ -20,6 +20,7 @@ from adapters.runtime import Runtime
 from flows.process_request import process_request
 
 WAIT_POLL_S = 0.5
+WAIT_MAX_S = 3600.0  # a model's queue this long means something is wrong; watch-queue takes over then
 
 
 @task(name="process-request-warm", cache_policy=NO_CACHE, persist_result=False)
@@ -27,12 +28,13 @@ def process_request_task(request_id: str, state_dir: str) -> dict:
     """Run ``process-request`` for one request, waiting while another worker holds its model.
 
     A request whose model is busy stays pending; this worker waits for the model's
-    writer to finish (bounded by the lease time) instead of leaving the request
-    to the next ``watch-queue`` round.
+    writer to finish instead of leaving the request to the next ``watch-queue``
+    round. A writer that died stops heartbeating, its lease expires and the wait ends.
     """
     rt = Runtime.from_env(state_dir)
+    rt.require_initialised()  # a run handed over for a state that no longer exists fails here, writing nothing
     model = rt.queue.status(request_id)["request"]["model"]
-    deadline = time.monotonic() + rt.queue.lease_seconds
+    deadline = time.monotonic() + WAIT_MAX_S
     while True:
         while _waits_for_model(rt, request_id, model) and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_S)

@@ -75,9 +75,13 @@ def ensure_gpu_limit() -> None:
     ``run_unlearning`` takes its slot strictly, so a missing limit is an error, never a no-op.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        try:
+            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, 1)
+        except ObjectAlreadyExists:  # another worker created it between our read and our create
+            pass
 
 
 @task(name="unlearn", cache_policy=NO_CACHE)

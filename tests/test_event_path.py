@@ -18,7 +18,9 @@ def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "UNLEARNOPS_STATE_DIR": str(rt.state_dir)}
     unlearn = str(Path(sys.executable).with_name("unlearn"))
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([unlearn, "serve", "--interval", "3600"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # --workers 0: no warm worker, so the event-triggered deployment (a fresh process per run) does the work
+    server = subprocess.Popen([unlearn, "serve", "--workers", "0", "--interval", "3600"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     try:
         _wait_for_deployment("process-request/process-request", timeout=120)
         payload = tmp_path / "request.json"

@@ -79,6 +79,7 @@ class Receipt:
     metrics_after: dict[str, float] | None = None
     validation: list[dict] = field(default_factory=list)
     timestamps: dict[str, str] = field(default_factory=dict)
+    durations_s: dict[str, float] = field(default_factory=dict)  # wall time of each phase in this run
     storage: dict[str, str] | None = None
     reason: str | None = None
     issued_at: str = field(default_factory=now_iso)
@@ -128,6 +129,9 @@ def render_markdown(receipt: dict) -> str:
     for attempt in receipt.get("attempts") or []:
         verdict = "pass" if attempt["gates"]["passed"] else "fail"
         lines.append(f"- attempt `{attempt['method']}` ({attempt['time_s']:.3f} s): gates {verdict}")
+    phases = receipt.get("durations_s") or {}
+    if phases:
+        lines.append("- durations: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     for stamp, value in (receipt.get("timestamps") or {}).items():
         lines.append(f"- {stamp}: {value}")
     return "\n".join(lines) + "\n"

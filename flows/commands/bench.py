@@ -3,45 +3,25 @@ from __future__ import annotations
 
 import argparse
 
-# Other benchmark groups: modules in flows/commands/ exposing ``register_bench(kinds)``,
-# which adds their ``unlearn bench NAME`` sub-command to ``kinds``.
-BENCH_MODULES: tuple[str, ...] = ("bench_classifiers", "bench_gan", "bench_pipeline")
-
-
-def _class_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--classes: expected comma-separated integers, got {text!r}") from None
+from flows.commands.bench_args import class_list, load_bench_dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: JSON rows, a markdown table and a PNG plot")
     kinds = bench.add_subparsers(dest="bench", required=True)
     lra = kinds.add_parser("lra-npp", help="original vs LRA-NPP variants vs exact retrain")
-    lra.add_argument("--classes", type=_class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
+    lra.add_argument("--classes", type=class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
     lra.add_argument("--seeds", type=int, default=3)
     lra.add_argument("--quick", action="store_true", help="1 seed, 1 class, 1 epoch, 2 variants (<1 min)")
     lra.add_argument("--params", default="params.yaml")
     lra.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
     lra.add_argument("--out", required=True, help="output directory")
     lra.set_defaults(handler=_lra_npp)
-    import importlib
+    # the other benchmark groups add their own ``unlearn bench NAME`` sub-commands
+    from flows.commands import bench_classifiers, bench_gan, bench_pipeline
 
-    for module in BENCH_MODULES:
-        importlib.import_module(f"flows.commands.{module}").register_bench(kinds)
-
-
-def load_bench_dataset(data_dir):
-    """The dataset directory given, or MNIST-5k built in a temporary directory."""
-    import tempfile
-
-    from unlearn_core.data import build_mnist5k, load_dataset
-
-    if data_dir:
-        return load_dataset(data_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        return load_dataset(build_mnist5k(tmp))
+    for group in (bench_classifiers, bench_gan, bench_pipeline):
+        group.register_bench(kinds)
 
 
 def _lra_npp(args) -> int:

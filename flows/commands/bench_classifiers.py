@@ -12,10 +12,10 @@ def _float_list(text: str) -> list[float]:
 
 
 def register_bench(kinds: argparse._SubParsersAction) -> None:
-    from flows.commands.bench import _class_list
+    from flows.commands.bench_args import class_list
 
     p = kinds.add_parser("classifiers", help="class + random-sample unlearning: every method vs retrain")
-    p.add_argument("--classes", type=_class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
+    p.add_argument("--classes", type=class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
     p.add_argument("--fractions", type=_float_list, default=[0.01, 0.1],
                    help="random forget fractions of the training set, e.g. 0.01,0.1")
     p.add_argument("--seeds", type=int, default=3)
@@ -27,7 +27,7 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
-    from flows.commands.bench import load_bench_dataset
+    from flows.commands.bench_args import load_bench_dataset
     from unlearn_core.bench import classifiers
     from unlearn_core.config import load_params
     from unlearn_core.errors import InputError

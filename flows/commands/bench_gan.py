@@ -19,7 +19,7 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
 
 
 def _bench_gan(args) -> int:
-    from flows.commands.bench import load_bench_dataset
+    from flows.commands.bench_args import load_bench_dataset
     from unlearn_core.bench import gan
     from unlearn_core.config import load_params
     from unlearn_core.errors import InputError

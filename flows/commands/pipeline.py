@@ -34,10 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="warm task workers to start (0: process-request runs per event, in fresh processes)")
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("worker", help="a warm task worker: runs submitted requests with everything loaded")
+    p = sub.add_parser("worker", help="a warm task worker (default) or, with --pool, a work-pool process worker")
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.add_argument("--limit", type=int, default=2, help="requests run at once (one per model at most)")
+    p.add_argument("--pool", default=None, help="run flow runs of this work pool instead (see `unlearn deploy`)")
     p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("deploy", help="create the work pool and apply the deployments of prefect.yaml")
+    p.add_argument("--state-dir", default=None, help=STATE_HELP)
+    p.add_argument("--pool", default="unlearnops")
+    p.set_defaults(handler=_deploy)
 
     p = sub.add_parser("status", help="state, attempts and result of one request")
     p.add_argument("request_id")
@@ -88,23 +94,29 @@ def _submit(args) -> int:
     request_id, created = submit_payload(rt, payload, notify=not args.process)
     print(f"{request_id} {'enqueued' if created else 'already submitted (same idempotency key)'}")
     if args.process:
-        from flows.process_request import process_request
+        from adapters.services import TemporaryPrefectApi
 
-        print(json.dumps(process_request(request_id=request_id, state_dir=str(rt.state_dir))))
+        with TemporaryPrefectApi(rt.state_dir):
+            from flows.process_request import process_request
+
+            print(json.dumps(process_request(request_id=request_id, state_dir=str(rt.state_dir))))
     return 0
 
 
 def _process(args) -> int:
+    from adapters.services import TemporaryPrefectApi
+
     rt = _runtime(args)
     rt.require_initialised()
-    if args.request_id:
-        from flows.process_request import process_request
+    with TemporaryPrefectApi(rt.state_dir):
+        if args.request_id:
+            from flows.process_request import process_request
 
-        print(json.dumps(process_request(request_id=args.request_id, state_dir=str(rt.state_dir))))
-    else:
-        from flows.watch_queue import watch_queue
+            print(json.dumps(process_request(request_id=args.request_id, state_dir=str(rt.state_dir))))
+        else:
+            from flows.watch_queue import watch_queue
 
-        print(json.dumps(watch_queue(state_dir=str(rt.state_dir))))
+            print(json.dumps(watch_queue(state_dir=str(rt.state_dir))))
     return 0
 
 
@@ -121,7 +133,22 @@ def _worker(args) -> int:
 
     rt = _runtime(args)
     resolve_api_url(rt)
+    if args.pool:
+        from flows.deploy import run_pool_worker
+
+        return run_pool_worker(rt, args.pool)
     run_worker(str(rt.state_dir), limit=args.limit)
+    return 0
+
+
+def _deploy(args) -> int:
+    from flows.deploy import deploy
+    from flows.serve import resolve_api_url
+
+    rt = _runtime(args)
+    resolve_api_url(rt)
+    deploy(rt, args.pool)
+    print(f"deployments process-request (event-triggered) and watch-queue (every 60 s) on pool {args.pool}")
     return 0
 
 

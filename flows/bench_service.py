@@ -1,0 +1,169 @@
+"""``unlearn bench service``: the served path as a platform team meets it, on warm workers.
+
+A fresh state with the embedded S3 and a background Prefect server (``unlearn up``), a base model
+(``unlearn init``) and ``unlearn serve --workers W`` (warm task workers). Then, one request at a time:
+
+- submit latency: wall time of the ``unlearn submit FILE`` process, start to exit;
+- submit -> promoted: from the submit command's start until the queue says ``done`` (the version is
+  pushed, in prod, and the receipt written), split into compute (the receipt's ``compute_s``: the
+  parent's evaluation, the unlearning and the gates' evaluation) and overhead (all the rest: the
+  hand-off to the worker, validation, git/DVC commit, push, promotion, erasure, receipt).
+
+One warm-up request runs first and is reported but not counted (it pays the worker's first imports).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from unlearn_core.bench.report import markdown_table, write_report
+
+TARGETS = {"submit_s": 2.0, "p50_latency_s": 10.0, "p50_overhead_s": 5.0}
+CLASSES = (3, 5, 7, 1, 9)
+
+
+def _unlearn() -> str:
+    return str(Path(sys.executable).with_name("unlearn"))
+
+
+def run(out_dir: str | Path, params_path: str = "params.yaml", n_per_kind: int = 5, workers: int = 1) -> dict:
+    with tempfile.TemporaryDirectory(prefix="unlearnops-bench-service-") as tmp:
+        rows = _served(Path(tmp) / "state", params_path, n_per_kind, workers)
+    counted = [r for r in rows if r["kind"] != "warm-up" and r["status"] == "done"]
+    summary = []
+    for kind in ("class", "subject"):
+        mine = [r for r in counted if r["kind"] == kind]
+        if mine:
+            lat = np.array([r["latency_s"] for r in mine])
+            summary.append({"kind": kind, "n": len(mine), "submit_s_max": max(r["submit_s"] for r in mine),
+                            "latency_p50_s": float(np.percentile(lat, 50)),
+                            "latency_p95_s": float(np.percentile(lat, 95)),
+                            "compute_p50_s": float(np.median([r["compute_s"] for r in mine])),
+                            "overhead_p50_s": float(np.median([r["overhead_s"] for r in mine]))})
+    submit_max = max((r["submit_s"] for r in counted), default=float("nan"))
+    md = ["# Service benchmark", "",
+          f"Warm workers: {workers}. One request at a time; submit -> promoted = `unlearn submit` start -> queue "
+          "`done` (pushed, prod, receipt). compute = parent evaluation + unlearning + gates (receipt `compute_s`); "
+          "overhead = the rest.", "",
+          markdown_table(summary, ("kind", "n", "submit_s_max", "latency_p50_s", "latency_p95_s", "compute_p50_s",
+                                   "overhead_p50_s")), "",
+          "Per request (overhead phases from the receipt):", "",
+          markdown_table(rows, ("kind", "request", "status", "submit_s", "latency_s", "compute_s", "overhead_s",
+                                "validate_s", "commit_s", "push_s", "promote_s", "erase_s")), "",
+          "## Targets", "",
+          f"- {'PASS' if submit_max <= TARGETS['submit_s'] else 'MISS'}: submit <= 2 s (worst {submit_max:.2f} s)"]
+    for s in summary:
+        md.append(f"- {'PASS' if s['latency_p50_s'] <= TARGETS['p50_latency_s'] else 'MISS'}: {s['kind']} deletion "
+                  f"p50 submit -> promoted <= 10 s (measured {s['latency_p50_s']:.2f} s, p95 {s['latency_p95_s']:.2f} s)")
+        md.append(f"- {'PASS' if s['overhead_p50_s'] <= TARGETS['p50_overhead_s'] else 'MISS'}: {s['kind']} deletion "
+                  f"p50 overhead <= 5 s (measured {s['overhead_p50_s']:.2f} s; compute {s['compute_p50_s']:.2f} s)")
+    paths = write_report(out_dir, "service", rows, "\n".join(md) + "\n",
+                         {"params": params_path, "workers": workers, "summary": summary})
+    paths["plot"] = _plot(rows, Path(out_dir) / "service.png")
+    return {"paths": paths, "rows": rows, "summary": summary}
+
+
+def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> list[dict]:
+    env = {**os.environ, "UNLEARNOPS_STATE_DIR": str(state)}
+    env.pop("PREFECT_API_URL", None)
+    run = lambda *args: subprocess.run([_unlearn(), *args], env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    run("up")
+    env["PREFECT_API_URL"] = (state / "prefect" / "api_url").read_text().strip()
+    serve = None
+    try:
+        run("init", "--params", params_path, "--models", "mnist-cnn")
+        serve = subprocess.Popen([_unlearn(), "serve", "--workers", str(workers), "--interval", "600"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from adapters.runtime import Runtime
+
+        rt = Runtime.from_env(state)
+        substitutes = _write_substitutes(rt)
+        subjects = iter(sorted(set(_train_subjects(rt))))
+        plan = [("warm-up", {"kind": "subject", "subject": next(subjects)})]
+        plan += [("class", {"kind": "class", "class": c}) for c in CLASSES[:n_per_kind]]
+        plan += [("subject", {"kind": "subject", "subject": next(subjects)}) for _ in range(n_per_kind)]
+        rows = []
+        for label, spec in plan:
+            if spec["kind"] == "class":
+                body = {"subject_id": "bench", "kind": "class", "model": "mnist-cnn",
+                        "forget": {"class": spec["class"]}, "substitute": substitutes[spec["class"]]}
+            else:
+                body = {"subject_id": spec["subject"], "kind": "subject", "model": "mnist-cnn",
+                        "forget": {"subject": spec["subject"]}}
+            rows.append(_one(rt, state, run, label, body, timeout=900 if label == "warm-up" else 300))
+    finally:
+        if serve is not None:
+            serve.terminate()
+            serve.wait(timeout=60)
+        subprocess.run([_unlearn(), "down"], env=env, capture_output=True)
+    return rows
+
+
+def _one(rt, state: Path, run, label: str, body: dict, timeout: float) -> dict:
+    request = state / "request.json"
+    request.write_text(json.dumps(body))
+    started = time.perf_counter()
+    request_id = run("submit", str(request)).stdout.split()[0]
+    submit_s = time.perf_counter() - started
+    while rt.queue.status(request_id)["state"] not in ("done", "rejected", "failed", "dead_letter"):
+        if time.perf_counter() - started > timeout:
+            break
+        time.sleep(0.05)
+    latency = time.perf_counter() - started
+    receipt_path = rt.receipts_dir / f"{request_id}.json"
+    receipt = json.loads(receipt_path.read_text()) if receipt_path.exists() else {}
+    phases = receipt.get("durations_s") or {}
+    compute = phases.get("compute_s", float("nan"))
+    what = f"class {body['forget']['class']}" if body["kind"] == "class" else body["forget"]["subject"]
+    return {"kind": label, "request": what, "status": rt.queue.status(request_id)["state"], "submit_s": submit_s,
+            "latency_s": latency, "compute_s": compute, "overhead_s": latency - compute,
+            **{k: phases.get(k, float("nan")) for k in ("validate_s", "commit_s", "push_s", "promote_s", "erase_s")}}
+
+
+def _train_subjects(rt) -> list[str]:
+    from unlearn_core.data import read_manifest
+
+    return [r["subject_id"] for r in read_manifest(rt.registry.data_dir()) if r["split"] == "train"]
+
+
+def _write_substitutes(rt) -> dict[int, str]:
+    """Held-out test digits of each class as substitute data (never training samples)."""
+    from unlearn_core.data import load_dataset
+
+    ds = load_dataset(rt.registry.data_dir())
+    names = {}
+    for c in CLASSES:
+        images = (ds.test.x[ds.test.y == c] * 255).round().byte().numpy()
+        names[c] = f"digit{c}.npz"
+        np.savez(rt.substitute_root / names[c], images=images, labels=np.full(len(images), c))
+    return names
+
+
+def _plot(rows: list[dict], path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r["status"] == "done"]
+    labels = [f"{r['kind']}\n{r['request'][:12]}" for r in shown]
+    compute = [r["compute_s"] for r in shown]
+    overhead = [r["overhead_s"] for r in shown]
+    fig, ax = plt.subplots(figsize=(max(6, len(shown) * 0.9), 4))
+    ax.bar(labels, compute, label="compute")
+    ax.bar(labels, overhead, bottom=compute, label="overhead")
+    ax.axhline(TARGETS["p50_latency_s"], color="k", ls="--", lw=1, label="10 s target (p50)")
+    ax.set_ylabel("submit -> promoted (s)")
+    ax.legend()
+    plt.xticks(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
