@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import torch
 
 from unlearn_core.config import Params
 from unlearn_core.data import Dataset
 from unlearn_core.families.base import floats
-from unlearn_core.gates import GateOutcome, evaluate_gates, gates_params, thresholds_for
+from unlearn_core.gates import GateCheck, GateOutcome, evaluate_gates, forget_gap_check, gates_params, thresholds_for
 from unlearn_core.methods import ForgetRequest
 from unlearn_core.metrics import classifier_report
 from unlearn_core.models import load_model, pick_device, save_model
+from unlearn_core.training import accuracy
 
 REPORT_KEYS = ("UA", "RA", "TA", "TA_retained", "TA_forget", "MIA_efficacy", "Fs")
 
@@ -19,6 +22,7 @@ REPORT_KEYS = ("UA", "RA", "TA", "TA_retained", "TA_forget", "MIA_efficacy", "Fs
 class ClassifierFamily:
     name = "classifier"
     exact_method = "retrain"
+    batches = True  # sample-level requests can share one unlearning run (member_checks judges each)
 
     def __init__(self, params: Params, arch: str, state_dir: Path):
         self.params, self.arch = params, arch
@@ -54,6 +58,13 @@ class ClassifierFamily:
         limits = thresholds_for(gates_params(self.params), method)
         outcome = evaluate_gates(request.kind, parent_report, report, limits, int(request.forget_mask.sum()))
         return floats(report), outcome
+
+    def member_checks(self, method: str, model, dataset: Dataset, report: dict, member_ids: list[str],
+                      name: str) -> list[GateCheck]:
+        """A batch member's own forgetting check: its samples recognised no better than unseen data."""
+        member = dataset.train.subset(np.flatnonzero(dataset.train.mask_ids(member_ids)))
+        limits = thresholds_for(gates_params(self.params), method)
+        return [forget_gap_check(accuracy(model, member), report["TA"], len(member), limits, f"forget_gap[{name}]")]
 
     def headline(self, report: dict) -> dict:
         return {k: report[k] for k in REPORT_KEYS if k in report}
