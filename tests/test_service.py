@@ -85,9 +85,10 @@ def _subject_payload(rt, subject, model="mnist-cnn", **extra) -> bytes:
 
 
 def _assert_one_chain(rt, model, request_ids):
-    """Exactly one version per request; each version derived from the one before; prod is the head."""
+    """Exactly one version per request (or per batch); each version derived from the one before; prod is
+    the head."""
     versions = rt.registry.versions(model)
-    made = [v.request_id for v in versions[1:]]
+    made = [r for v in versions[1:] for r in v.lineage["request_ids"]]
     assert sorted(made) == sorted(request_ids), made
     for before, after in zip(versions, versions[1:]):
         assert after.lineage["parent"]["version"] == before.semver
@@ -159,9 +160,7 @@ def test_concurrent_requests_keep_every_deletion(service, tmp_path):
         test_class = final.test.x[final.test.y == FORGET_CLASS]
         acc = (model(test_class).argmax(1) == FORGET_CLASS).float().mean().item()
     assert acc <= 0.05, f"prod forgot class {FORGET_CLASS} only down to {acc:.3f}"
-    # both workers did work; the gpu slot was used and never held twice
-    workers_seen = {rt.queue.status(i)["worker_id"].rsplit(":", 1)[0] for i in first + burst + other}
-    assert len(workers_seen) == 2, workers_seen
+    # the gpu slot was used and never held twice, although two models were unlearned at once
     assert max(watcher.samples) == 1 and min(watcher.samples) == 0
 
 
