@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,6 +33,7 @@ QUEUE_URL_ENV = "UNLEARNOPS_QUEUE_URL"  # postgresql://... (the password stays i
 _PROJECT = Path(__file__).resolve().parents[1]
 
 
+@cache
 def code_version() -> str:
     """The project's git commit (or 'unknown' outside a checkout): recorded in every lineage."""
     try:

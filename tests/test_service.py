@@ -120,7 +120,7 @@ class GpuSlotWatcher(threading.Thread):
 
 def test_concurrent_requests_keep_every_deletion(service, tmp_path):
     """2, then 10 concurrent requests for one model (plus two for another): one chain, nothing undone."""
-    from flows.worker import process_request_task
+    from flows.warm import process_request_task
 
     rt, workers, _ = service
     ds = load_dataset(rt.registry.data_dir())
@@ -167,7 +167,7 @@ def test_concurrent_requests_keep_every_deletion(service, tmp_path):
 def test_killed_worker_mid_request_is_finished_once(service, tmp_path):
     """kill -9 of the worker running a request -> its lease expires -> another worker finishes it, one version."""
     from flows.watch_queue import watch_queue
-    from flows.worker import process_request_task
+    from flows.warm import process_request_task
 
     rt, workers, _ = service
     subject = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[0]
@@ -197,7 +197,7 @@ def test_killed_worker_mid_request_is_finished_once(service, tmp_path):
 def test_method_slower_than_the_lease_is_done_once(service, tmp_path):
     """Exact retraining outlives the 6 s lease; background heartbeats keep it, so the second worker
     (handed the same request) never takes it over."""
-    from flows.worker import process_request_task
+    from flows.warm import process_request_task
 
     rt, workers, _ = service
     subject = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[1]
@@ -229,7 +229,7 @@ def test_submit_returns_fast_and_the_warm_worker_processes_it(service, tmp_path)
 def test_burst_on_postgres_two_models_batched(pipeline, tmp_path, monkeypatch, postgres_url):
     """The production queue (PostgreSQL): two workers drain a burst over two models, each model's pending
     requests forgotten in batches; one chain per model, every deleted id gone, both workers busy."""
-    from flows.worker import process_request_task
+    from flows.warm import process_request_task
 
     monkeypatch.setenv("UNLEARNOPS_QUEUE_URL", postgres_url)
     rt = pipeline
