@@ -58,9 +58,9 @@ def _notify(request_id: str, state_dir: str) -> None:
 
     from flows.warm import process_request_task
 
+    process_request_task.delay(request_id=request_id, state_dir=state_dir)  # the fast path first
     emit_event(SUBMITTED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{request_id}",
                                           "unlearnops.request_id": request_id})
-    process_request_task.delay(request_id=request_id, state_dir=state_dir)
 
 
 if __name__ == "__main__":
