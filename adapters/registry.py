@@ -446,14 +446,18 @@ class RegistryWorkspace:
         """Erase the files of older dataset versions from the local cache and the remote.
 
         Older versions still hold deleted samples' bytes; after this only the
-        current ``data/`` version can be pulled. Model versions stay intact.
+        current ``data/`` version can be pulled, plus the dataset versions of model
+        versions committed but not yet promoted. Model versions stay intact.
         Returns the erased object md5s; raises PushError if the remote is unreachable.
         """
         cache = self.path / ".dvc" / "cache" / "files" / "md5"
         with self._lock():
             shas = self._git("log", "--format=%H", "--", "data.dvc").split()
             dirs = [self._md5("data.dvc", sha) for sha in shas]
-            current = self._dir_entries(cache, dirs[0]) | {dirs[0]}
+            # kept: the current dataset, and those of versions committed but not yet promoted (another
+            # model's request may be between its commit and its promotion; its data must stay pullable)
+            kept = {dirs[0]} | {v.data_md5 for v in self._awaiting_promotion()}
+            current = {m for d in kept for m in self._dir_entries(cache, d) | {d}}
             # the old listings go too: DVC treats a directory as pushed whenever its listing is on the remote
             doomed = sorted({m for d in dirs[1:] for m in self._dir_entries(cache, d) | {d}} - current)
             client = self.s3.client()
@@ -465,6 +469,16 @@ class RegistryWorkspace:
             for md5 in doomed:
                 (cache / md5[:2] / md5[2:]).unlink(missing_ok=True)
         return doomed
+
+    def _awaiting_promotion(self) -> list[Version]:
+        """Every model's versions newer than the one holding ``prod`` (committed, not yet promoted)."""
+        folder = self.path / "lineage"
+        waiting = []
+        for name in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
+            prod = self._gto_state(name)["stages"].get("prod")
+            floor = _number(prod) if prod else 0
+            waiting += [self.version(name, n) for n in self._numbers(name) if n > floor]
+        return waiting
 
     @staticmethod
     def _dir_entries(cache: Path, dir_md5: str) -> set[str]:

@@ -202,6 +202,26 @@ def test_one_version_per_request_and_guard(tmp_path, s3, mnist_dir, forget_ids):
     assert [v.semver for v in ws.versions(NAME)] == ["v0.0.1", "v0.0.2"]
 
 
+def test_purge_keeps_the_data_of_another_models_unpromoted_version(tmp_path, s3, mnist_dir, forget_ids):
+    """Two models share the dataset: model A's version, committed but not yet promoted, keeps its
+    dataset version while model B's request promotes and erases superseded data; then A promotes."""
+    ws = RegistryWorkspace(tmp_path / "ws", s3, {"remote_prefix": "purge-race"})
+    ws.init_from(mnist_dir, _model(tmp_path / "a1.pt", 1), "model-a", {})
+    ws.add_model("model-b", _model(tmp_path / "b1.pt", 2), {})
+    a2 = ws.commit_version("model-a", _model(tmp_path / "a2.pt", 3), "req-a", {}, forget_ids[:1], "v0.0.1",
+                           lambda d: tombstone(d, forget_ids[:1], "req-a"))
+    b2 = ws.commit_version("model-b", _model(tmp_path / "b2.pt", 4), "req-b", {}, forget_ids[1:2], "v0.0.1",
+                           lambda d: tombstone(d, forget_ids[1:2], "req-b"))
+    ws.push(b2)
+    ws.promote("model-b", b2)
+    erased = ws.purge_superseded_data()
+    assert a2.data_md5 not in erased and erased  # the base dataset goes; A's pending one stays
+    ws.push(a2)
+    ws.promote("model-a", a2)
+    assert ws.prod("model-a").semver == "v0.0.2"
+    assert a2.data_md5 in ws.purge_superseded_data()  # promoted and superseded: now it goes too
+
+
 def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, mnist_dir, s3):
     ws, v1, v2, tmp = versioned
     ws.push()
