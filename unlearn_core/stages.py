@@ -7,7 +7,7 @@ exact retraining and tests can call it without DVC.
 
 Every output is a function of the inputs and params only (no timestamps, seeded
 initialisation), so on CPU ``dvc repro`` re-derives the bytes ``dvc.lock``
-records; the CLI stage commands call ``training.make_reproducible`` first.
+records; the CLI stage commands run them inside ``training.reproducible``.
 """
 from __future__ import annotations
 

@@ -18,23 +18,33 @@ from .data import Split
 PINNED_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
-def make_reproducible(cpu_threads: int = 1) -> None:
-    """Make this process's training repeat bit for bit on CPU (see docs/dvc.md).
+@contextmanager
+def reproducible(cpu_threads: int = 1):
+    """Run the block so its training repeats bit for bit on CPU (see docs/dvc.md).
 
-    Call it before the first tensor operation of the process: the kernel
-    choice is made once, on first use. Results also depend on the number of
+    Enter it before the process's first tensor operation: the kernels' instruction
+    set is chosen once, on first use. Results also depend on the number of
     intra-op threads, hence a fixed ``cpu_threads``. On CUDA, ops without a
-    deterministic kernel only warn; metrics then match within tolerance.
+    deterministic kernel only warn; metrics then match within tolerance. The
+    thread count and torch's determinism flags are restored after the block.
     """
     os.environ.update(PINNED_CPU_KERNELS)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     torch.set_num_threads(cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
     torch.backends.cudnn.benchmark = False
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX2":
         warnings.warn(f"CPU kernels run as {capability}, not AVX2: outputs will not match dvc.lock byte "
-                      f"for byte (metrics still match within the reproducibility tolerance)", stacklevel=2)
+                      f"for byte; compare metrics with `unlearn stage check-metrics`", stacklevel=3)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -74,14 +74,11 @@ def _import(args) -> int:
     return 0
 
 
-def reproducible_params(path):
-    """params.yaml, with this process set up to repeat the locked outputs (call before any tensor op)."""
-    from unlearn_core.config import load_params
-    from unlearn_core.training import make_reproducible
+def reproducible(params):
+    """The stage's run set up to repeat dvc.lock's bytes (params.yaml: reproducibility)."""
+    from unlearn_core.training import reproducible as run_reproducibly
 
-    params = load_params(path)
-    make_reproducible(params.reproducibility.cpu_threads)
-    return params
+    return run_reproducibly(params.reproducibility.cpu_threads)
 
 
 def _prepare(args) -> int:
@@ -92,17 +89,21 @@ def _prepare(args) -> int:
 
 
 def _train(args) -> int:
+    from unlearn_core.config import load_params
     from unlearn_core.stages import train
 
-    print(json.dumps(train(args.prepared, reproducible_params(args.params), args.model)))
+    params = load_params(args.params)
+    with reproducible(params):
+        print(json.dumps(train(args.prepared, params, args.model)))
     return 0
 
 
 def _evaluate(args) -> int:
+    from unlearn_core.config import load_params
     from unlearn_core.stages import evaluate
 
-    reproducible_params(args.params)
-    print(json.dumps(evaluate(args.prepared, args.model, args.metrics, args.per_class)))
+    with reproducible(load_params(args.params)):
+        print(json.dumps(evaluate(args.prepared, args.model, args.metrics, args.per_class)))
     return 0
 
 

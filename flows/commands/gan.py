@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from flows.commands.data import reproducible
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     gan = sub.add_parser("gan", help="GAN stages: train the DCGAN and its reference classifier")
@@ -28,14 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=_evaluate)
 
 
-def _reproducible_gan_params(path):
-    from flows.commands.data import reproducible_params
-
-    p = _gan_params(path)
-    reproducible_params(path)
-    return p
-
-
 def _gan_params(path):
     from unlearn_core.config import load_params, method_config
     from unlearn_core.errors import InputError
@@ -50,26 +44,32 @@ def _gan_params(path):
 
 
 def _train(args) -> int:
+    from unlearn_core.config import load_params
     from unlearn_core.stages import train_gan_stage
 
-    print(json.dumps(train_gan_stage(args.prepared, _reproducible_gan_params(args.params), args.model)))
+    p = _gan_params(args.params)
+    with reproducible(load_params(args.params)):
+        print(json.dumps(train_gan_stage(args.prepared, p, args.model)))
     return 0
 
 
 def _train_reference(args) -> int:
+    from unlearn_core.config import load_params
     from unlearn_core.stages import train_reference_stage
 
-    print(json.dumps(train_reference_stage(args.prepared, _reproducible_gan_params(args.params), args.model)))
+    p = _gan_params(args.params)
+    with reproducible(load_params(args.params)):
+        print(json.dumps(train_reference_stage(args.prepared, p, args.model)))
     return 0
 
 
 def _evaluate(args) -> int:
-    from unlearn_core.config import method_config
+    from unlearn_core.config import load_params, method_config
     from unlearn_core.stages import evaluate_gan
 
-    from flows.commands.data import reproducible_params
-
-    gates = method_config(reproducible_params(args.params), "gan_gates")
-    print(json.dumps(evaluate_gan(args.prepared, args.model, args.reference, args.metrics, args.per_class,
-                                  n_samples=gates.get("n_samples", 2000), seed=gates.get("seed", 0))))
+    params = load_params(args.params)
+    gates = method_config(params, "gan_gates")
+    with reproducible(params):
+        print(json.dumps(evaluate_gan(args.prepared, args.model, args.reference, args.metrics, args.per_class,
+                                      n_samples=gates.get("n_samples", 2000), seed=gates.get("seed", 0))))
     return 0
