@@ -123,3 +123,25 @@ def test_metric_mismatches_apply_the_tolerance_per_metric_name():
     assert [line.split(":")[0] for line in out] == ["m.json.n_test", "m.json.test_acc"]
     assert metric_mismatches(locked, {"m.json": {"test_acc": 0.95, "fid_test": 12.0}}, tolerance) == [
         "m.json.n_test: locked 1000.0, reproduced None"]
+
+
+def test_initial_weights_depend_on_the_seed_only():
+    import torch
+
+    from unlearn_core.gan import GanParams, build_gan
+    from unlearn_core.models import build_model
+    from unlearn_core.training import seeded
+
+    rng_before = torch.get_rng_state()
+    with seeded(3):
+        first = build_model("mnist_cnn").state_dict()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's random stream is untouched
+    torch.rand(7)  # whatever ran before must not matter
+    with seeded(3):
+        again = build_model("mnist_cnn").state_dict()
+    with seeded(4):
+        other = build_model("mnist_cnn").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+    gan_a, gan_b = build_gan(GanParams(seed=1), 10), (torch.rand(3), build_gan(GanParams(seed=1), 10))[1]
+    assert all(torch.equal(v, gan_b.state_dict()[k]) for k, v in gan_a.state_dict().items())
