@@ -24,6 +24,7 @@ from .gan import GanParams, build_gan, load_gan, sample, save_gan, train_gan
 from .models import build_model, load_model, pick_device, save_model
 from .training import accuracy, predict_logits, seeded, train_classifier
 
+METRIC_DECIMALS = 6
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: np.savez stamps the current time
 
 
@@ -84,7 +85,7 @@ def evaluate(prepared_dir: str | Path, model_path: str | Path, metrics_path: str
         mask = test_split.y == c
         n = int(mask.sum())
         rows.append(f"{c},{float((pred[mask] == c).float().mean()) if n else float('nan'):.4f},{n}")
-    _write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _write_metrics(metrics_path, metrics)
     _write_text(per_class_path, "\n".join(rows) + "\n")
     return metrics
 
@@ -170,9 +171,16 @@ def evaluate_gan(prepared_dir: str | Path, gan_path: str | Path, reference_path:
         metrics["label_agreement"] = float((predicted == labels).float().mean())
     rows = ["class,generated_share"]
     rows += [f"{c},{float((predicted == c).float().mean()):.4f}" for c in range(summary["num_classes"])]
-    _write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    _write_metrics(metrics_path, metrics)
     _write_text(per_class_path, "\n".join(rows) + "\n")
     return metrics
+
+
+def _write_metrics(path: str | Path, metrics: dict) -> None:
+    """JSON with floats rounded to 6 decimals: numpy/scipy's BLAS picks its kernels per CPU, and its
+    last-digit differences (FID's matrix square root) must not change the file's bytes."""
+    rounded = {k: round(v, METRIC_DECIMALS) if isinstance(v, float) else v for k, v in metrics.items()}
+    _write_text(path, json.dumps(rounded, indent=2, sort_keys=True) + "\n")
 
 
 def _write_text(path: str | Path, text: str) -> None:

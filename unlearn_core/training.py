@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .data import Split
@@ -24,9 +25,10 @@ def reproducible(cpu_threads: int = 1):
 
     Enter it before the process's first tensor operation: the kernels' instruction
     set is chosen once, on first use. Results also depend on the number of
-    intra-op threads, hence a fixed ``cpu_threads``. On CUDA, ops without a
+    intra-op threads, hence a fixed ``cpu_threads`` for torch and for the BLAS
+    that numpy/scipy use (the GAN metrics). On CUDA, ops without a
     deterministic kernel only warn; metrics then match within tolerance. The
-    thread count and torch's determinism flags are restored after the block.
+    thread counts and torch's determinism flags are restored after the block.
     """
     os.environ.update(PINNED_CPU_KERNELS)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
@@ -40,7 +42,8 @@ def reproducible(cpu_threads: int = 1):
         warnings.warn(f"CPU kernels run as {capability}, not AVX2: outputs will not match dvc.lock byte "
                       f"for byte; compare metrics with `unlearn stage check-metrics`", stacklevel=3)
     try:
-        yield
+        with threadpool_limits(limits=cpu_threads):
+            yield
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])

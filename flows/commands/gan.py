@@ -65,11 +65,12 @@ def _train_reference(args) -> int:
 
 def _evaluate(args) -> int:
     from unlearn_core.config import load_params, method_config
+    from unlearn_core.gan_metrics import GATE_DEFAULTS
     from unlearn_core.stages import evaluate_gan
 
     params = load_params(args.params)
-    gates = method_config(params, "gan_gates")
+    gates = {**GATE_DEFAULTS, **method_config(params, "gan_gates")}
     with reproducible(params):
         print(json.dumps(evaluate_gan(args.prepared, args.model, args.reference, args.metrics, args.per_class,
-                                      n_samples=gates.get("n_samples", 2000), seed=gates.get("seed", 0))))
+                                      n_samples=gates["n_samples"], seed=gates["seed"])))
     return 0
