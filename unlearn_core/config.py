@@ -46,6 +46,14 @@ class LraNppParams(_Section):
     start_from: Literal["target", "predicted"] = "target"
 
 
+class ReproducibilityParams(_Section):
+    """How the DVC stages repeat their outputs (docs/dvc.md)."""
+
+    cpu_threads: int = Field(1, ge=1)  # torch intra-op threads: CPU results depend on the count
+    # |reproduced - locked| allowed per metric name where bytes cannot match (GPU, non-x86 CPUs)
+    tolerance: dict[str, float] = {"default": 0.0}
+
+
 class Params(_Section):
     """The whole params.yaml. Unknown sections are kept for later stages/methods."""
 
@@ -53,6 +61,7 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     train: TrainParams = TrainParams()
     lra_npp: LraNppParams = LraNppParams()
+    reproducibility: ReproducibilityParams = ReproducibilityParams()
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from .errors import InputError
-from .training import batches, seed_everything
+from .training import batches, seed_everything, seeded
 
 
 class GanParams(BaseModel):
@@ -158,7 +158,9 @@ def sample(gan: GAN, n: int, seed: int = 0, labels: torch.Tensor | None = None,
 
 
 def build_gan(p: GanParams, num_classes: int) -> GAN:
-    return GAN(p.z_dim, num_classes if p.conditional else 0, p.width)
+    """A fresh GAN whose initial weights depend on ``p.seed`` only."""
+    with seeded(p.seed):
+        return GAN(p.z_dim, num_classes if p.conditional else 0, p.width)
 
 
 def train_gan(gan: GAN, x: torch.Tensor, y: torch.Tensor | None, epochs: int, batch_size: int = 32,

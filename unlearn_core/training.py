@@ -1,17 +1,70 @@
-"""nanoGPT-style training and inference loops for the classifiers."""
+"""nanoGPT-style training and inference loops for the classifiers, and reproducible runs."""
 from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .data import Split
 
 
+# CPU kernels differ per instruction set (AVX-512 and AVX2 round differently), so the DVC stages
+# pin ATen, oneDNN and MKL to their AVX2 code paths: the same bytes on every x86-64 CPU with AVX2.
+PINNED_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+@contextmanager
+def reproducible(cpu_threads: int = 1):
+    """Run the block so its training repeats bit for bit on CPU (see docs/dvc.md).
+
+    Enter it before the process's first tensor operation: the kernels' instruction
+    set is chosen once, on first use. Results also depend on the number of
+    intra-op threads, hence a fixed ``cpu_threads`` for torch and for the BLAS
+    that numpy/scipy use (the GAN metrics). On CUDA, ops without a
+    deterministic kernel only warn; metrics then match within tolerance. The
+    thread counts and torch's determinism flags are restored after the block.
+    """
+    os.environ.update(PINNED_CPU_KERNELS)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    torch.set_num_threads(cpu_threads)
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.benchmark = False
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != "AVX2":
+        warnings.warn(f"CPU kernels run as {capability}, not AVX2: outputs will not match dvc.lock byte "
+                      f"for byte; compare metrics with `unlearn stage check-metrics`", stacklevel=3)
+    try:
+        with threadpool_limits(limits=cpu_threads):
+            yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
+
+
 def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global RNG seeded, and restore the RNG after.
+
+    Wrap model construction in it so the initial weights depend on the seed
+    only, not on what ran before in the process.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -36,7 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", default="models/base.pt")
     e.add_argument("--metrics", default="metrics/base.json")
     e.add_argument("--per-class", default="metrics/per_class.csv")
+    e.add_argument("--params", default="params.yaml")
     e.set_defaults(handler=_evaluate)
+    c = stages.add_parser("check-metrics", help="compare the workspace's metrics with a commit's, within the "
+                                                "reproducibility tolerance (where bytes cannot match, e.g. GPU)")
+    c.add_argument("--rev", default="HEAD", help="git revision holding the locked metrics (default: HEAD)")
+    c.add_argument("--params", default="params.yaml")
+    c.set_defaults(handler=_check_metrics)
 
 
 def _build(args) -> int:
@@ -68,6 +74,13 @@ def _import(args) -> int:
     return 0
 
 
+def reproducible(params):
+    """The stage's run set up to repeat dvc.lock's bytes (params.yaml: reproducibility)."""
+    from unlearn_core.training import reproducible as run_reproducibly
+
+    return run_reproducibly(params.reproducibility.cpu_threads)
+
+
 def _prepare(args) -> int:
     from unlearn_core.stages import prepare
 
@@ -79,12 +92,39 @@ def _train(args) -> int:
     from unlearn_core.config import load_params
     from unlearn_core.stages import train
 
-    print(json.dumps(train(args.prepared, load_params(args.params), args.model)))
+    params = load_params(args.params)
+    with reproducible(params):
+        print(json.dumps(train(args.prepared, params, args.model)))
     return 0
 
 
 def _evaluate(args) -> int:
+    from unlearn_core.config import load_params
     from unlearn_core.stages import evaluate
 
-    print(json.dumps(evaluate(args.prepared, args.model, args.metrics, args.per_class)))
+    with reproducible(load_params(args.params)):
+        print(json.dumps(evaluate(args.prepared, args.model, args.metrics, args.per_class)))
     return 0
+
+
+def _check_metrics(args) -> int:
+    """``dvc metrics diff REV`` with the tolerance of params.yaml: exit 1 on a difference beyond it."""
+    import subprocess
+
+    from unlearn_core.config import load_params
+    from unlearn_core.errors import InputError
+    from unlearn_core.stages import metric_mismatches
+
+    tolerance = load_params(args.params).reproducibility.tolerance
+    run = subprocess.run(["dvc", "metrics", "diff", args.rev, "--all", "--json"], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise InputError("--rev", run.stderr.strip() or f"dvc metrics diff {args.rev} failed")
+    diff = json.loads(run.stdout or "{}")
+    locked = {path: {k: v.get("old") for k, v in values.items()} for path, values in diff.items()}
+    reproduced = {path: {k: v.get("new") for k, v in values.items()} for path, values in diff.items()}
+    mismatches = metric_mismatches(locked, reproduced, tolerance)
+    for line in mismatches:
+        print(line)
+    n = sum(len(values) for values in diff.values())
+    print(f"{n - len(mismatches)} of {n} metrics match {args.rev} within tolerance {tolerance}")
+    return 1 if mismatches else 0

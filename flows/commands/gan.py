@@ -1,8 +1,10 @@
-"""``unlearn gan train|train-reference``: the GAN DVC stages (dvc.yaml: train_gan, train_reference)."""
+"""``unlearn gan train|train-reference|evaluate``: the GAN DVC stages (train_gan, train_reference, evaluate_gan)."""
 from __future__ import annotations
 
 import argparse
 import json
+
+from flows.commands.data import reproducible
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/reference.pt")
     r.set_defaults(handler=_train_reference)
+    e = cmds.add_parser("evaluate", help="FID, label agreement and membership AUC of the base GAN")
+    e.add_argument("--prepared", default="prepared")
+    e.add_argument("--params", default="params.yaml")
+    e.add_argument("--model", default="models/gan.pt")
+    e.add_argument("--reference", default="models/reference.pt")
+    e.add_argument("--metrics", default="metrics/gan.json")
+    e.add_argument("--per-class", default="metrics/gan_per_class.csv")
+    e.set_defaults(handler=_evaluate)
 
 
 def _gan_params(path):
@@ -33,33 +43,33 @@ def _gan_params(path):
 
 
 def _train(args) -> int:
-    from unlearn_core.gan import build_gan, save_gan, train_gan
-    from unlearn_core.models import pick_device
-    from unlearn_core.stages import load_prepared
+    from unlearn_core.config import load_params
+    from unlearn_core.stages import train_gan_stage
 
     p = _gan_params(args.params)
-    train, _, summary = load_prepared(args.prepared)
-    gan = build_gan(p, summary["num_classes"]).to(pick_device())
-    train_gan(gan, train.x, train.y if gan.conditional else None, epochs=p.epochs, batch_size=p.batch_size,
-              lr=p.lr, beta1=p.beta1, seed=p.seed, progress=True)
-    save_gan(gan.cpu(), args.model)
-    print(json.dumps({"model": args.model, **gan.arch, "n_train": len(train)}))
+    with reproducible(load_params(args.params)):
+        print(json.dumps(train_gan_stage(args.prepared, p, args.model)))
     return 0
 
 
 def _train_reference(args) -> int:
-    from pathlib import Path
-
-    from unlearn_core.models import build_model, pick_device, save_model
-    from unlearn_core.stages import load_prepared
-    from unlearn_core.training import accuracy, train_classifier
+    from unlearn_core.config import load_params
+    from unlearn_core.stages import train_reference_stage
 
     p = _gan_params(args.params)
-    train, test, summary = load_prepared(args.prepared)
-    model = build_model(p.reference_model, summary["num_classes"], summary["image_shape"][0]).to(pick_device())
-    train_classifier(model, train.x, train.y, epochs=p.reference_epochs, lr=p.reference_lr, seed=p.seed,
-                     progress=True)
-    Path(args.model).parent.mkdir(parents=True, exist_ok=True)
-    save_model(model.cpu(), p.reference_model, summary["num_classes"], summary["image_shape"][0], args.model)
-    print(json.dumps({"model": args.model, "test_acc": accuracy(model, test)}))
+    with reproducible(load_params(args.params)):
+        print(json.dumps(train_reference_stage(args.prepared, p, args.model)))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from unlearn_core.config import load_params, method_config
+    from unlearn_core.gan_metrics import GATE_DEFAULTS
+    from unlearn_core.stages import evaluate_gan
+
+    params = load_params(args.params)
+    gates = {**GATE_DEFAULTS, **method_config(params, "gan_gates")}
+    with reproducible(params):
+        print(json.dumps(evaluate_gan(args.prepared, args.model, args.reference, args.metrics, args.per_class,
+                                      n_samples=gates["n_samples"], seed=gates["seed"])))
     return 0

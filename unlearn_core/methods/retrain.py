@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..config import TrainParams
 from ..models import build_model
-from ..training import train_classifier
+from ..training import seeded, train_classifier
 from .base import ForgetRequest, UnlearnMethod
 
 
@@ -18,7 +18,8 @@ class Retrain(UnlearnMethod):
     def _run(self, model: nn.Module, request: ForgetRequest) -> tuple[nn.Module, dict]:
         p = self.params
         retain = request.retain
-        fresh = build_model(request.arch, request.num_classes, retain.x.shape[1]).to(self.device)
+        with seeded(p.seed + request.seed):
+            fresh = build_model(request.arch, request.num_classes, retain.x.shape[1]).to(self.device)
         train_classifier(fresh, retain.x, retain.y, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                          seed=p.seed + request.seed, weight_decay=p.weight_decay)
         return fresh, {"n_retain": len(retain)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..gan import GAN, GanParams, check_images, train_gan
 from ..errors import InputError
+from ..training import seeded
 from .base import ForgetRequest, UnlearnMethod
 
 
@@ -28,7 +29,8 @@ class RetrainGan(UnlearnMethod):
     def _run(self, model: GAN, request: ForgetRequest) -> tuple[GAN, dict]:
         p = self.params
         retain = request.retain
-        fresh = GAN(**model.arch).to(self.device)
+        with seeded(p.seed + request.seed):
+            fresh = GAN(**model.arch).to(self.device)
         train_gan(fresh, retain.x, retain.y if fresh.conditional else None, epochs=p.epochs,
                   batch_size=p.batch_size, lr=p.lr, beta1=p.beta1, seed=p.seed + request.seed)
         return fresh, {"n_retain": len(retain), "epochs": p.epochs}
