@@ -264,10 +264,11 @@ class Verifier:
         self._record("stage", OK, f"{claimed.semver} was assigned prod{later}")
 
     def check_lineage(self) -> None:
-        for child, parent in zip(self.chain, self.chain[1:]):
-            rel = self.ws._lineage_rel(self.name, child.number)
-            if self._git("diff", "--name-only", child.git_sha, "HEAD", "--", rel).strip():
+        for v in self.chain:
+            rel = self.ws._lineage_rel(self.name, v.number)
+            if self._git("diff", "--name-only", v.git_sha, "HEAD", "--", rel).strip():
                 raise ClaimFailed("lineage", f"{rel} was changed after its version's commit")
+        for child, parent in zip(self.chain, self.chain[1:]):
             link = child.lineage["parent"]
             recorded = (link.get("version"), link.get("git_sha"), link.get("model_md5"), link.get("data_md5"))
             actual = (parent.semver, parent.git_sha, parent.model_md5, parent.data_md5)
@@ -370,7 +371,7 @@ class Verifier:
                 notes.append(f"{side}: model bytes erased by retention")
                 continue
             recomputed[side] = retained_metrics(load_model(path, "cpu")[0], dataset, self.receipt.get("kind"))
-        compared = 0
+        compared, worst = 0, 0.0
         for side, values in recomputed.items():
             claimed = self.receipt.get(side) or {}
             for key, value in values.items():
@@ -380,11 +381,12 @@ class Verifier:
                     raise ClaimFailed("metrics", f"{side}.{key}: receipt {claimed[key]:.4f}, recomputed {value:.4f} "
                                       f"(tolerance {self.tolerance})")
                 compared += 1
+                worst = max(worst, abs(claimed[key] - value))
         if len(recomputed) == 2:
             self._check_gates(recomputed)
         skipped = sorted(k for k in FORGET_METRICS if k in (self.receipt.get("metrics_after") or {}))
         notes.append(f"{', '.join(skipped)} not re-checked (they need the deleted samples)" if skipped else "")
-        detail = f"{compared} values within {self.tolerance} of the receipt; " + "; ".join(n for n in notes if n)
+        detail = f"{compared} values within {self.tolerance} of the receipt (largest difference {worst:.4g}); " + "; ".join(n for n in notes if n)
         self._record("metrics", OK if compared else SKIPPED, detail.rstrip("; "))
 
     def _check_gates(self, recomputed: dict) -> None:
