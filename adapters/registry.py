@@ -530,6 +530,8 @@ class RegistryWorkspace:
         current = self._gto_state(model_name)["stages"].get(stage)
         if current == semver(number):
             return stage
+        if current is not None and _number(current) > number:  # checked again under the lock below
+            raise Superseded(model_name, semver(number), current)
         try:
             missing = self.missing_on_remote(model_name, number)
         except PushError as exc:
@@ -554,19 +556,26 @@ class RegistryWorkspace:
         """``gto deprecate NAME VERSION`` (a deregistration) of every registered version before ``number``."""
         import gto.api
 
-        tags = set(self._tags(model_name))
+        done = self.deprecated_at(model_name)
+        registered = {f"{model_name}@{semver(n)}" for n in range(1, number)} & set(self._tags(model_name))
         for older in range(1, number):
-            tag = f"{model_name}@{semver(older)}"
-            if tag in tags and f"{tag}!" not in tags:
+            if f"{model_name}@{semver(older)}" in registered and semver(older) not in done:
                 gto.api.deregister(str(self.path), model_name, version=semver(older),
                                    author=GIT_USER[0], author_email=GIT_USER[1])
 
     def deprecated_at(self, model_name: str) -> dict[str, int]:
-        """Deregistered versions of the model -> unix time of their deprecation tag."""
-        out = self._git("for-each-ref", "--format=%(refname:strip=2) %(taggerdate:unix)",
-                        f"refs/tags/{model_name}@*").split("\n")
-        rows = (line.split() for line in out if line.strip())
-        return {tag.split("@", 1)[1][:-1]: int(when) for tag, when in rows if tag.endswith("!")}
+        """Deregistered (GTO-deprecated) versions of the model -> unix time of the deregistration tag."""
+        from gto.constants import Action
+        from gto.tag import parse_name
+
+        out = {}
+        for line in self._git("for-each-ref", "--format=%(refname:strip=2) %(taggerdate:unix)",
+                              f"refs/tags/{model_name}@*").splitlines():
+            tag, _, when = line.partition(" ")
+            parsed = parse_name(tag, raise_on_fail=False)
+            if parsed and parsed.get("action") == Action.DEREGISTER and parsed.get("name") == model_name:
+                out[parsed["version"]] = min(int(when), out.get(parsed["version"], int(when)))
+        return out
 
     # ---------------------------------------------------------------- receipts and erasures
 

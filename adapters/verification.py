@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.receipts import receipt_rel
-from adapters.registry import PushError, RegistryWorkspace, S3Config, semver
+from adapters.registry import PushError, RegistryError, RegistryWorkspace, S3Config, semver
 from adapters.signing import PUBLIC_KEY_REL, SignatureError, check_signed, load_public_key
 from unlearn_core.errors import InputError
 
@@ -117,6 +117,7 @@ class Verifier:
         self.ws, self.receipt, self.tolerance, self.store = ws, receipt, tolerance, store
         self.claims: list[Claim] = []
         self.name = receipt["model"]
+        self.head = ws._git("rev-parse", "HEAD").strip()  # pulls check out other commits; claims are about this one
         self._pulled: dict[tuple[str, str], Path | None] = {}
 
     # ------------------------------------------------------------ helpers
@@ -127,12 +128,19 @@ class Verifier:
     def _record(self, name: str, status: str, detail: str) -> None:
         self.claims.append(Claim(name, status, detail))
 
+    def _at_head(self, rel: str) -> str | None:
+        """A file of the registry's checked-out head (the working tree may be at an older commit)."""
+        try:
+            return self._git("show", f"{self.head}:{rel}")
+        except RegistryError:
+            return None
+
     def _erasure(self, number: int) -> dict | None:
         """The signed erasure record of a model version, if retention erased it."""
-        path = self.ws.path / "erasures" / self.name / f"v{number}.json"
-        if not path.exists():
+        text = self._at_head(f"erasures/{self.name}/v{number}.json")
+        if text is None:
             return None
-        record = json.loads(path.read_text())
+        record = json.loads(text)
         try:
             check_signed(record, self.public)
         except SignatureError as exc:
@@ -195,18 +203,18 @@ class Verifier:
         return self.claims
 
     def check_signature(self) -> None:
-        key_path = self.ws.path / PUBLIC_KEY_REL
-        if not key_path.exists():
+        key = self._at_head(PUBLIC_KEY_REL)
+        if key is None:
             raise ClaimFailed("signature", f"the registry has no {PUBLIC_KEY_REL}")
         try:
-            self.public = load_public_key(key_path.read_text())
+            self.public = load_public_key(key)
             digest = check_signed(self.receipt, self.public)
         except SignatureError as exc:
             raise ClaimFailed("signature", str(exc)) from None
-        committed = self.ws.path / receipt_rel(self.receipt["request_id"])
-        if not committed.exists():
+        committed = self._at_head(receipt_rel(self.receipt["request_id"]))
+        if committed is None:
             raise ClaimFailed("signature", f"the registry has no {receipt_rel(self.receipt['request_id'])}")
-        if json.loads(committed.read_text()).get("content_hash") != digest:
+        if json.loads(committed).get("content_hash") != digest:
             raise ClaimFailed("signature", "the registry's copy of the receipt has another content hash")
         for entry in self.receipt.get("audit") or []:
             try:
@@ -266,7 +274,7 @@ class Verifier:
     def check_lineage(self) -> None:
         for v in self.chain:
             rel = self.ws._lineage_rel(self.name, v.number)
-            if self._git("diff", "--name-only", v.git_sha, "HEAD", "--", rel).strip():
+            if self._git("diff", "--name-only", v.git_sha, self.head, "--", rel).strip():
                 raise ClaimFailed("lineage", f"{rel} was changed after its version's commit")
         for child, parent in zip(self.chain, self.chain[1:]):
             link = child.lineage["parent"]
@@ -328,7 +336,7 @@ class Verifier:
         ids = sorted(self.receipt.get("deleted_sample_ids") or [])
         if ids != sorted(self.version.lineage.get("deleted_sample_ids") or []):
             raise ClaimFailed("deletion", "the receipt's deleted ids differ from the version's lineage")
-        later = self._git("log", "--format=%H", f"{self.version.git_sha}..HEAD", "--", "data.dvc").split()
+        later = self._git("log", "--format=%H", f"{self.version.git_sha}..{self.head}", "--", "data.dvc").split()
         checked, erased = [], 0
         for sha in [self.version.git_sha, *reversed(later)]:
             data = self._data_at(sha)

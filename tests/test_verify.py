@@ -135,7 +135,7 @@ def test_verify_fails_on_a_tampered_claim(done, tmp_path, capsys, claim, edit):
 def test_verify_fails_on_an_edited_unsigned_receipt(done, tmp_path, capsys):
     rt, request_id = done
     receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
-    receipt["metrics_after"]["UA"] = 1.0
+    receipt["metrics_after"]["RA"] = 1.0
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(receipt))
     assert run_verify(rt, path) == 1
