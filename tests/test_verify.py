@@ -105,6 +105,23 @@ def test_receipt_is_signed_and_verifies_from_a_fresh_clone(done, capsys):
     assert run_verify(rt, rt.receipts_dir / f"{request_id}.json") == 0  # by file
 
 
+def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
+    from flows.process_request import process_request
+    from flows.submit import submit_payload
+    from test_pipeline import FORGET_CLASS, write_substitute
+
+    rt, _ = done
+    name = write_substitute(rt, "leaky.npz", leak_training=3)
+    payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
+                          "forget": {"class": FORGET_CLASS}, "substitute": name}).encode()
+    request_id, _ = submit_payload(rt, payload)
+    assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "rejected"
+    assert (rt.registry_dir / "receipts" / f"{request_id}.json").exists()
+    assert run_verify(rt, request_id) == 0
+    out = capsys.readouterr().out
+    assert "signature ok" in out and "status rejected: the receipt claims no new version" in out
+
+
 def _set(path, value):
     def edit(receipt):
         *parents, last = path.split(".")
