@@ -35,6 +35,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.receipts import receipt_rel
@@ -330,8 +331,6 @@ class Verifier:
 
     def check_deletion(self) -> None:
         from unlearn_core.data import hash_images, read_manifest, read_tombstones
-
-        import numpy as np
 
         ids = sorted(self.receipt.get("deleted_sample_ids") or [])
         if ids != sorted(self.version.lineage.get("deleted_sample_ids") or []):

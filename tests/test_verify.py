@@ -106,14 +106,20 @@ def test_receipt_is_signed_and_verifies_from_a_fresh_clone(done, capsys):
 
 
 def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
+    """Class 4 with a substitute that leaks 3 training digits: rejected, still a signed, committed receipt."""
+    import numpy as np
+
     from flows.process_request import process_request
     from flows.submit import submit_payload
-    from test_pipeline import FORGET_CLASS, write_substitute
+    from unlearn_core.data import load_dataset
 
     rt, _ = done
-    name = write_substitute(rt, "leaky.npz", leak_training=3)
+    ds = load_dataset(rt.registry.data_dir())
+    images = np.concatenate([ds.test.x[ds.test.y == 4], ds.train.x[ds.train.y == 4][:3]])
+    np.savez(rt.substitute_root / "leaky4.npz", images=(images * 255).round().byte().numpy(),
+             labels=np.full(len(images), 4))
     payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
-                          "forget": {"class": FORGET_CLASS}, "substitute": name}).encode()
+                          "forget": {"class": 4}, "substitute": "leaky4.npz"}).encode()
     request_id, _ = submit_payload(rt, payload)
     assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "rejected"
     assert (rt.registry_dir / "receipts" / f"{request_id}.json").exists()
