@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from adapters.services import default_state_dir, s3_config
-from adapters.verification import FAILED, verify, verify_params
+from adapters.verification import FAILED, read_receipt_file, verify, verify_params
 from unlearn_core.config import load_params
 
 
@@ -20,6 +20,8 @@ def run_verify(receipt: str, registry: str | None = None, state_dir: str | None 
     params = load_params(params_path)  # defaults when the file is absent
     state = Path(state_dir).expanduser().resolve() if state_dir else default_state_dir().resolve()
     url = registry or str(state / "registry")
+    if Path(receipt).suffix == ".json" or Path(receipt).exists():
+        read_receipt_file(receipt)  # a bad receipt file is reported before anything is cloned
     s3 = s3_config(state)
     with tempfile.TemporaryDirectory(prefix="unlearnops-verify-") as tmp:
         found, claims = verify(receipt, url, s3, Path(tmp), verify_params(params).metric_tolerance,
