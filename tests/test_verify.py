@@ -108,6 +108,7 @@ def test_receipt_is_signed_and_verifies_from_a_fresh_clone(done, capsys):
 def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
     """Class 4 with a substitute that leaks 3 training digits: rejected, still a signed, committed receipt."""
     import numpy as np
+    import torch
 
     from flows.process_request import process_request
     from flows.submit import submit_payload
@@ -115,7 +116,7 @@ def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
 
     rt, _ = done
     ds = load_dataset(rt.registry.data_dir())
-    images = np.concatenate([ds.test.x[ds.test.y == 4], ds.train.x[ds.train.y == 4][:3]])
+    images = torch.cat([ds.test.x[ds.test.y == 4], ds.train.x[ds.train.y == 4][:3]])
     np.savez(rt.substitute_root / "leaky4.npz", images=(images * 255).round().byte().numpy(),
              labels=np.full(len(images), 4))
     payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
