@@ -337,21 +337,24 @@ class RegistryWorkspace:
 
     def commit_version(self, model_name: str, model_path: str | Path, request_id: str, lineage: dict,
                        deleted_sample_ids, parent: str, dataset_change: Callable[[Path], object] | None = None,
-                       guard: Callable[[], object] | None = None) -> Version:
+                       guard: Callable[[], object] | None = None, batch: list[str] | None = None) -> Version:
         """Commit a new version derived from ``parent``: dataset change applied to ``data/``, the model,
         lineage. No push.
 
         Compare-and-swap under the workspace lock: refused with :class:`ParentMoved` unless ``parent``
         is still the model's head (its latest version), and with :class:`DuplicateVersion` if the
         request already has a version. ``guard`` (the caller's lease check) runs last, right before
-        anything is written; whatever it raises aborts the commit.
+        anything is written; whatever it raises aborts the commit. ``batch``: every request id the
+        version serves (a batch forgotten in one run), ``request_id`` among them.
         """
         self._check_name(model_name)
         model_path = Path(model_path)
         if not model_path.is_file():
             raise InputError("model_path", f"{model_path} is not a file")
-        if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", str(request_id)):
-            raise InputError("request_id", "expected 1-128 characters of [A-Za-z0-9._:-]")
+        request_ids = list(dict.fromkeys([request_id, *(batch or [])]))
+        for rid in request_ids:
+            if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", str(rid)):
+                raise InputError("request_id", "expected 1-128 characters of [A-Za-z0-9._:-]")
         ids = sorted(set(deleted_sample_ids))
         bad = [i for i in ids if not (isinstance(i, str) and _SAMPLE_ID.match(i))]
         if bad:
@@ -363,16 +366,18 @@ class RegistryWorkspace:
             numbers = self._numbers(model_name)
             if not numbers:
                 raise InputError("model_name", f"no model {model_name!r} in {self.path}")
-            earlier = self.version_for_request(model_name, request_id)
-            if earlier is not None:
-                raise DuplicateVersion(earlier)
+            for rid in request_ids:
+                earlier = self.version_for_request(model_name, rid)
+                if earlier is not None:
+                    raise DuplicateVersion(earlier)
             head = self.version(model_name, numbers[-1])
             if head.semver != parent:
                 raise ParentMoved(model_name, parent, head.semver)
             if guard is not None:
                 guard()
             number = numbers[-1] + 1
-            rec = {**lineage, "request_id": request_id, "deleted_sample_ids": ids, "created_at": _now(),
+            rec = {**lineage, "request_id": request_id, "request_ids": request_ids, "deleted_sample_ids": ids,
+                   "created_at": _now(),
                    "parent": {"version": head.semver, "git_sha": head.git_sha,
                               "model_md5": head.model_md5, "data_md5": head.data_md5},
                    "data_before_md5": self._md5("data.dvc")}
@@ -390,7 +395,7 @@ class RegistryWorkspace:
         """The version committed for ``request_id``, if any (read from the committed lineage files)."""
         for number in reversed(self._numbers(model_name)):
             lineage = json.loads((self.path / self._lineage_rel(model_name, number)).read_text())
-            if lineage.get("request_id") == request_id:
+            if request_id == lineage.get("request_id") or request_id in lineage.get("request_ids", ()):
                 return self.version(model_name, number)
         return None
 

@@ -4,7 +4,7 @@ One state directory (default ``~/.unlearnops``, env ``UNLEARNOPS_STATE_DIR``;
 never the project checkout) holds everything a deployment needs::
 
     params.yaml        the pipeline's frozen copy of the project's params.yaml (set by `unlearn init`)
-    queue.db           the request queue (SQLite, WAL)
+    queue.db           the request queue (SQLite, WAL; or PostgreSQL at $UNLEARNOPS_QUEUE_URL)
     registry/          the git + DVC registry workspace (remote: the S3 bucket)
     receipts/          deletion receipts, <request_id>.json + .md
     substitutes/       the substitute root: local substitute paths resolve inside it
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,9 +29,11 @@ from unlearn_core.queue import RequestQueue, queue_params
 from unlearn_core.requests import ModelInfo
 
 SUBSTITUTE_ROOT_ENV = "UNLEARNOPS_SUBSTITUTE_ROOT"
+QUEUE_URL_ENV = "UNLEARNOPS_QUEUE_URL"  # postgresql://... (the password stays in the environment, never in files)
 _PROJECT = Path(__file__).resolve().parents[1]
 
 
+@cache
 def code_version() -> str:
     """The project's git commit (or 'unknown' outside a checkout): recorded in every lineage."""
     try:
@@ -91,6 +93,14 @@ class Runtime:
 
     @cached_property
     def queue(self) -> RequestQueue:
+        """PostgreSQL when ``UNLEARNOPS_QUEUE_URL`` names one (production), else SQLite in the state dir."""
+        url = os.environ.get(QUEUE_URL_ENV)
+        if url:
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise InputError(QUEUE_URL_ENV, "expected a postgresql:// URI")
+            from adapters.queue_postgres import PostgresRequestQueue
+
+            return PostgresRequestQueue.from_params(url, queue_params(self.params))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return RequestQueue.from_params(self.queue_path, queue_params(self.params))
 

@@ -236,8 +236,9 @@ class Verifier:
     def check_version(self) -> None:
         r = self.receipt
         v = self._version("version", r.get("new_version"))
-        if v.request_id != r["request_id"]:
-            raise ClaimFailed("version", f"{v.semver} was made for request {v.request_id}, not {r['request_id']}")
+        made_for = v.lineage.get("request_ids") or [v.request_id]  # a batch: one version, several requests
+        if r["request_id"] not in made_for:
+            raise ClaimFailed("version", f"{v.semver} was made for request(s) {made_for}, not {r['request_id']}")
         if (r.get("storage") or {}).get("git_sha") != v.git_sha:
             raise ClaimFailed("version", f"receipt names commit {(r.get('storage') or {}).get('git_sha')}, "
                               f"the version's commit is {v.git_sha}")
@@ -333,8 +334,10 @@ class Verifier:
         from unlearn_core.data import hash_images, read_manifest, read_tombstones
 
         ids = sorted(self.receipt.get("deleted_sample_ids") or [])
-        if ids != sorted(self.version.lineage.get("deleted_sample_ids") or []):
-            raise ClaimFailed("deletion", "the receipt's deleted ids differ from the version's lineage")
+        in_version = set(self.version.lineage.get("deleted_sample_ids") or [])
+        batched = len(self.version.lineage.get("request_ids") or [None]) > 1
+        if not ids or (set(ids) - in_version if batched else set(ids) != in_version):
+            raise ClaimFailed("deletion", "the receipt's deleted ids are not those the version's lineage deleted")
         later = self._git("log", "--format=%H", f"{self.version.git_sha}..{self.head}", "--", "data.dvc").split()
         checked, erased = [], 0
         for sha in [self.version.git_sha, *reversed(later)]:

@@ -19,13 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from unlearn_core.bench.report import markdown_table, write_report
 
-TARGETS = {"submit_s": 2.0, "p50_latency_s": 10.0, "p50_overhead_s": 5.0}
+TARGETS = {"submit_s": 2.0, "p50_latency_s": 10.0, "p50_overhead_s": 5.0, "batching_speedup": 3.0,
+           "two_worker_speedup": 1.5}
+BURST_SCENARIOS = (  # (warm workers, models, batching)
+    (1, 1, False), (1, 1, True), (1, 4, False), (2, 4, False))
 CLASSES = (3, 5, 7, 1, 9)
 
 
@@ -56,7 +60,8 @@ def run(out_dir: str | Path, params_path: str = "params.yaml", n_per_kind: int =
                                    "overhead_p50_s")), "",
           "Per request (overhead phases from the receipt):", "",
           markdown_table(rows, ("kind", "request", "status", "submit_s", "latency_s", "compute_s", "overhead_s",
-                                "validate_s", "commit_s", "push_s", "promote_s", "erase_s")), "",
+                                "handoff_s", "validate_s", "commit_s", "push_s", "promote_s", "erase_s")), "",
+          "handoff = submit start -> the worker's claim (notifier process, Prefect delivery, flow-run start).", "",
           "## Targets", "",
           f"- {'PASS' if submit_max <= TARGETS['submit_s'] else 'MISS'}: submit <= 2 s (worst {submit_max:.2f} s)"]
     for s in summary:
@@ -68,6 +73,123 @@ def run(out_dir: str | Path, params_path: str = "params.yaml", n_per_kind: int =
                          {"params": params_path, "workers": workers, "summary": summary})
     paths["plot"] = _plot(rows, Path(out_dir) / "service.png")
     return {"paths": paths, "rows": rows, "summary": summary}
+
+
+def run_burst(out_dir: str | Path, params_path: str = "params.yaml", n_requests: int = 20) -> dict:
+    """A burst of ``n_requests`` subject deletions per scenario: all done, requests/minute, p95 latency."""
+    rows = []
+    for workers, models, batching in BURST_SCENARIOS:
+        with tempfile.TemporaryDirectory(prefix="unlearnops-bench-burst-") as tmp:
+            rows.append(_burst(Path(tmp) / "state", params_path, n_requests, workers, models, batching))
+    by = {(r["workers"], r["models"], r["batching"]): r for r in rows}
+    batch_x = by[(1, 1, True)]["requests_per_min"] / by[(1, 1, False)]["requests_per_min"]
+    workers_x = by[(2, 4, False)]["requests_per_min"] / by[(1, 4, False)]["requests_per_min"]
+    md = ["# Service benchmark: a burst of deletions", "",
+          f"{n_requests} subject deletions submitted at once per scenario (fresh state each; `.delay()` to the warm "
+          "workers as `unlearn submit`'s notifier does). Latency = enqueue -> `done`.", "",
+          markdown_table(rows, ("workers", "models", "batching", "all_done", "elapsed_s", "requests_per_min",
+                                "latency_p50_s", "latency_p95_s", "versions")), "",
+          "## Targets", "",
+          f"- {'PASS' if batch_x >= TARGETS['batching_speedup'] else 'MISS'}: {n_requests} same-model requests "
+          f">= 3x faster with batching (measured {batch_x:.2f}x)",
+          f"- {'PASS' if workers_x >= TARGETS['two_worker_speedup'] else 'MISS'}: 2 workers >= 1.5x the throughput "
+          f"of 1 on four models (measured {workers_x:.2f}x)",
+          f"- {'PASS' if all(r['all_done'] for r in rows) else 'MISS'}: every request done in every scenario"]
+    paths = write_report(out_dir, "service-burst", rows, "\n".join(md) + "\n",
+                         {"params": params_path, "batching_speedup": batch_x, "two_worker_speedup": workers_x})
+    paths["plot"] = _plot_burst(rows, Path(out_dir) / "service-burst.png")
+    return {"paths": paths, "rows": rows}
+
+
+def _burst(state: Path, params_path: str, n: int, workers: int, models: int, batching: bool) -> dict:
+    import yaml
+
+    env = {**os.environ, "UNLEARNOPS_STATE_DIR": str(state)}
+    env.pop("PREFECT_API_URL", None)
+    run = lambda *args: subprocess.run([_unlearn(), *args], env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    run("up")
+    env["PREFECT_API_URL"] = (state / "prefect" / "api_url").read_text().strip()
+    children = []
+    try:
+        run("init", "--params", params_path, "--models", "mnist-cnn")
+        from adapters.runtime import Runtime
+
+        rt = Runtime.from_env(state)
+        names = ["mnist-cnn"] + [f"mnist-cnn-{i}" for i in range(2, models + 1)]
+        params = yaml.safe_load(rt.params_path.read_text())
+        params["models"] = {name: {"family": "classifier", "arch": "mnist_cnn"} for name in names}
+        params.setdefault("queue", {})["batch_max"] = 8 if batching else 1
+        rt.params_path.write_text(yaml.safe_dump(params))
+        for name in names[1:]:  # more served models: copies of the base, each its own chain
+            rt.registry.add_model(name, rt.registry.model_path("mnist-cnn"), {"method": "train"})
+        for _ in range(workers):
+            children.append(subprocess.Popen([_unlearn(), "worker", "--state-dir", str(state)], env=env,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.submit import submit_payload
+        from flows.warm import process_request_task
+
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):  # this scenario's server
+            _warm_up(rt, process_request_task, names[0])
+            subjects = sorted(set(_train_subjects(rt)))[10:10 + n]
+            started = time.perf_counter()
+            submitted = {}
+            for i, subject in enumerate(subjects):
+                body = {"subject_id": subject, "kind": "subject", "model": names[i % len(names)],
+                        "forget": {"subject": subject}}
+                request_id, _ = submit_payload(rt, json.dumps(body).encode(), notify=False)
+                submitted[request_id] = time.perf_counter()
+                process_request_task.delay(request_id=request_id, state_dir=str(state))
+        finished = {}
+        while len(finished) < n and time.perf_counter() - started < 1800:
+            for request_id in submitted.keys() - finished.keys():
+                if rt.queue.status(request_id)["state"] in ("done", "failed", "rejected", "dead_letter"):
+                    finished[request_id] = time.perf_counter()
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+        latencies = np.array([finished[r] - submitted[r] for r in finished]) if finished else np.array([np.nan])
+        states = [rt.queue.status(r)["state"] for r in submitted]
+        versions = sum(len(rt.registry.versions(name)) - 1 for name in names) - 1  # minus the warm-up
+        return {"workers": workers, "models": models, "batching": batching, "all_done": states.count("done") == n,
+                "elapsed_s": elapsed, "requests_per_min": 60 * len(finished) / elapsed,
+                "latency_p50_s": float(np.percentile(latencies, 50)),
+                "latency_p95_s": float(np.percentile(latencies, 95)), "versions": versions}
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=60)
+        subprocess.run([_unlearn(), "down"], env=env, capture_output=True)
+
+
+def _warm_up(rt, task, model: str) -> None:
+    """One request through the workers first, so the burst does not time their first imports."""
+    from flows.submit import submit_payload
+
+    subject = sorted(set(_train_subjects(rt)))[0]
+    body = {"subject_id": subject, "kind": "subject", "model": model, "forget": {"subject": subject}}
+    request_id, _ = submit_payload(rt, json.dumps(body).encode(), notify=False)
+    task.delay(request_id=request_id, state_dir=str(rt.state_dir))
+    deadline = time.perf_counter() + 900
+    while rt.queue.status(request_id)["state"] != "done" and time.perf_counter() < deadline:
+        time.sleep(0.2)
+
+
+def _plot_burst(rows: list[dict], path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['workers']}w {r['models']}m\n{'batch' if r['batching'] else 'one by one'}" for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(labels, [r["requests_per_min"] for r in rows], color="tab:green")
+    ax.set_ylabel("requests / minute (burst)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> list[dict]:
@@ -109,7 +231,7 @@ def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> lis
 def _one(rt, state: Path, run, label: str, body: dict, timeout: float) -> dict:
     request = state / "request.json"
     request.write_text(json.dumps(body))
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     request_id = run("submit", str(request)).stdout.split()[0]
     submit_s = time.perf_counter() - started
     while rt.queue.status(request_id)["state"] not in ("done", "rejected", "failed", "dead_letter"):
@@ -122,8 +244,10 @@ def _one(rt, state: Path, run, label: str, body: dict, timeout: float) -> dict:
     phases = receipt.get("durations_s") or {}
     compute = phases.get("compute_s", float("nan"))
     what = f"class {body['forget']['class']}" if body["kind"] == "class" else body["forget"]["subject"]
+    claimed = (receipt.get("timestamps") or {}).get("claimed_at")
+    handoff = datetime.fromisoformat(claimed).timestamp() - started_wall if claimed else float("nan")
     return {"kind": label, "request": what, "status": rt.queue.status(request_id)["state"], "submit_s": submit_s,
-            "latency_s": latency, "compute_s": compute, "overhead_s": latency - compute,
+            "latency_s": latency, "compute_s": compute, "overhead_s": latency - compute, "handoff_s": handoff,
             **{k: phases.get(k, float("nan")) for k in ("validate_s", "commit_s", "push_s", "promote_s", "erase_s")}}
 
 

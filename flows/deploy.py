@@ -40,10 +40,8 @@ def deploy(rt: Runtime, pool: str = POOL) -> None:
         except ObjectAlreadyExists:
             pass
     ensure_gpu_limit()
-    env = {**os.environ, "UNLEARNOPS_PROJECT_DIR": str(PROJECT_DIR)}
+    env = {**os.environ, "UNLEARNOPS_PROJECT_DIR": str(PROJECT_DIR), "UNLEARNOPS_WORK_POOL": pool}
     cmd = [_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"]
-    if pool != POOL:
-        cmd += ["--pool", pool]
     proc = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")

@@ -56,11 +56,11 @@ def _notify(request_id: str, state_dir: str) -> None:
     """Emit the submitted event and hand the request to a warm task worker."""
     from prefect.events import emit_event
 
-    from flows.worker import process_request_task
+    from flows.warm import process_request_task
 
+    process_request_task.delay(request_id=request_id, state_dir=state_dir)  # the fast path first
     emit_event(SUBMITTED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{request_id}",
                                           "unlearnops.request_id": request_id})
-    process_request_task.delay(request_id=request_id, state_dir=state_dir)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ GPU_LIMIT = "gpu"
 GPU_LEASE_S = 60  # a killed holder's slot comes back after this long (Prefect renews it while held)
 
 
-@task(name="claim-request", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def claim_request(rt: Runtime, request_id: str | None, worker_id: str) -> Lease | None:
-    if request_id:
-        return rt.queue.claim_id(request_id, worker_id)
-    return rt.queue.claim(worker_id)
+@task(name="claim-requests", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def claim_requests(rt: Runtime, request_id: str | None, worker_id: str, batch_max: int,
+                   batch_models: list[str]) -> list[Lease]:
+    """Lease ``request_id`` (or the oldest claimable request) and, for models in ``batch_models``, up to
+    ``batch_max - 1`` pending requests to forget with it."""
+    return rt.queue.claim_batch(worker_id, batch_max, request_id, batch_models=batch_models)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -101,14 +102,23 @@ def evaluate(family: ModelFamily, method: str, parent, parent_report: dict, mode
 
 @task(name="commit-version", cache_policy=NO_CACHE)
 def commit_version(rt: Runtime, family: ModelFamily, model_name: str, model, dataset: Dataset,
-                   request: DeletionRequest, parent: str, lineage: dict, deleted_ids: list[str], workdir: Path,
-                   guard: Callable[[], object]) -> Version:
-    """Commit model + tombstoned dataset + lineage (no push); refused if ``parent`` is no longer the head."""
+                   request: DeletionRequest, parent: str, lineage: dict, deleted: dict[str, list[str]],
+                   workdir: Path, guard: Callable[[], object]) -> Version:
+    """Commit model + tombstoned dataset + lineage (no push); refused if ``parent`` is no longer the head.
+
+    ``deleted``: the sample ids of each request the version serves (one, or a batch); each id's
+    tombstone names its own request.
+    """
     path = workdir / "model.pt"
     family.save(model, path, dataset)
-    return rt.registry.commit_version(
-        model_name, path, request.request_id, lineage, deleted_ids, parent=parent, guard=guard,
-        dataset_change=lambda data_dir: tombstone(data_dir, deleted_ids, request.request_id))
+
+    def tombstone_all(data_dir: Path) -> None:
+        for request_id, ids in deleted.items():
+            tombstone(data_dir, ids, request_id)
+
+    all_ids = sorted({i for ids in deleted.values() for i in ids})
+    return rt.registry.commit_version(model_name, path, request.request_id, lineage, all_ids, parent=parent,
+                                      guard=guard, dataset_change=tombstone_all, batch=list(deleted))
 
 
 @task(name="push-version", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)

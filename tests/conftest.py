@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="unlearnops-test-prefect-")  # before any Prefect import
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-pytest_plugins: list[str] = ["fixtures_s3", "fixtures_prefect"]  # tests/ is on sys.path (rootdir conftest)
+pytest_plugins: list[str] = ["fixtures_s3", "fixtures_prefect", "fixtures_postgres"]  # tests/ is on sys.path (rootdir conftest)
 
 
 @pytest.fixture(scope="session")

@@ -209,8 +209,8 @@ def test_worker_died_after_commit_resumes_the_same_version(pipeline):
     workdir = rt.work_dir(request_id)
     workdir.mkdir(parents=True)
     commit_version.fn(rt, rt.family("mnist-cnn"), "mnist-cnn", parent, load_dataset(rt.registry.data_dir()),
-                      lease.request, "v0.0.1", {"method": "lra_npp", "gates": {"passed": True}}, ids, workdir,
-                      guard=lambda: None)
+                      lease.request, "v0.0.1", {"method": "lra_npp", "gates": {"passed": True}},
+                      {request_id: ids}, workdir, guard=lambda: None)
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
@@ -238,3 +238,30 @@ def test_s3_down_during_push_keeps_prod_then_resumes(pipeline, monkeypatch, s3):
     assert outcome == {"request_id": request_id, "status": "done", "new_version": "v0.0.2"}
     assert rt.registry.prod("mnist-cnn").semver == "v0.0.2"
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
+
+
+def test_pending_subject_deletions_are_forgotten_as_one_batch(pipeline):
+    """Four pending subject deletions: one unlearning run, one version, a receipt each naming it; the
+    gates judge every member's own forget set; each tombstone names its own request."""
+    from unlearn_core.data import read_tombstones
+
+    rt = pipeline
+    subjects = sorted({r["subject_id"] for r in read_manifest(rt.registry.data_dir()) if r["split"] == "train"})[:4]
+    ids = [submit_payload(rt, json.dumps({"subject_id": s, "kind": "subject", "model": "mnist-cnn",
+                                          "forget": {"subject": s}}).encode())[0] for s in subjects]
+    outcome = process_request(request_id=ids[0], state_dir=str(rt.state_dir))
+    assert outcome["status"] == "done" and outcome["new_version"] == "v0.0.2"
+    assert outcome["batch"] == {i: "done" for i in ids}
+    version = rt.registry.prod("mnist-cnn")
+    assert version.semver == "v0.0.2" and sorted(version.lineage["request_ids"]) == sorted(ids)
+    assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
+    stones = read_tombstones(rt.registry.data_dir())
+    for request_id, subject in zip(ids, subjects):
+        assert rt.queue.status(request_id)["state"] == "done"
+        receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
+        assert receipt["new_version"] == "v0.0.2" and sorted(receipt["batch"]) == sorted(set(ids) - {request_id})
+        mine = sorted(s["sample_id"] for s in stones if s["request_id"] == request_id)
+        assert receipt["deleted_sample_ids"] == mine and len(mine) == 5
+        checks = [c["name"] for c in receipt["gates"]["checks"]]
+        assert f"forget_gap[{request_id[:8]}]" in checks
+    assert rt.registry.version_for_request("mnist-cnn", ids[3]).semver == "v0.0.2"

@@ -1,4 +1,5 @@
-"""The SQLite request queue: idempotency, leases, retries, dead letter, redelivery, concurrency."""
+"""The request queue on both backends (embedded SQLite, production PostgreSQL): idempotency, leases,
+one writer per model, batches, retries, dead letter, redelivery, concurrency across processes."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -23,9 +24,8 @@ class Clock:
         return self.now
 
 
-def request(cls: int = 3, subject: str = "subject-0001", **extra) -> DeletionRequest:
-    return DeletionRequest(subject_id=subject, kind="class", model="mnist-cnn", forget={"class": cls},
-                           **extra)
+def request(cls: int = 3, subject: str = "subject-0001", model: str = "mnist-cnn", **extra) -> DeletionRequest:
+    return DeletionRequest(subject_id=subject, kind="class", model=model, forget={"class": cls}, **extra)
 
 
 @pytest.fixture
@@ -33,12 +33,29 @@ def clock():
     return Clock()
 
 
+def open_queue(backend: str, target, **kwargs) -> RequestQueue:
+    if backend == "postgres":
+        from adapters.queue_postgres import PostgresRequestQueue
+
+        return PostgresRequestQueue(target, **kwargs)
+    return RequestQueue(target, **kwargs)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """(backend name, where its queue lives): a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        return "postgres", request.getfixturevalue("postgres_url")
+    return "sqlite", tmp_path / "queue.db"
+
+
 @pytest.fixture
-def queue(tmp_path, clock):
-    return RequestQueue(tmp_path / "queue.db", lease_seconds=60, max_attempts=2, clock=clock)
+def queue(backend, clock):
+    return open_queue(*backend, lease_seconds=60, max_attempts=2, clock=clock)
 
 
-def test_wal_mode_and_params(queue):
+def test_wal_mode_and_params(tmp_path):
+    queue = RequestQueue(tmp_path / "queue.db")
     con = sqlite3.connect(queue.path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
@@ -66,7 +83,7 @@ def test_idempotent_enqueue(queue):
 
 
 def test_claim_ack(queue, clock):
-    a, b = request(1), request(2)
+    a, b = request(1), request(2, model="mnist-cnn-b")  # two models: both may be leased at once
     queue.enqueue(a)
     clock.now += 1
     queue.enqueue(b)
@@ -84,7 +101,7 @@ def test_claim_ack(queue, clock):
     assert status["result"] == {"model_version": "v2", "forgotten": 400}
     assert status["request"]["forget"] == {"class": 1}
     assert [h["to"] for h in status["history"]] == ["pending", "leased", "done"]
-    assert queue.counts() == {"pending": 0, "leased": 1, "done": 1, "dead_letter": 0, "rejected": 0}
+    assert queue.counts() == {"pending": 0, "leased": 1, "done": 1, "failed": 0, "dead_letter": 0, "rejected": 0}
     assert [s["request_id"] for s in queue.list(["leased"])] == [b.request_id]
     with pytest.raises(InputError):
         queue.status("no-such-id")
@@ -143,7 +160,7 @@ def test_expired_lease_on_last_attempt_goes_to_dead_letter(queue, clock):
 
 
 def test_claim_id(queue, clock):
-    a, b = request(1), request(2)
+    a, b = request(1, model="mnist-cnn-b"), request(2)
     queue.enqueue(a)
     queue.enqueue(b)
     lease = queue.claim_id(b.request_id, "event-worker")
@@ -182,8 +199,8 @@ def test_transition_table_is_closed():
     assert "done" not in TRANSITIONS["pending"]  # nothing finishes without being claimed
 
 
-def _claim_all(path: str, worker: str, start, out) -> None:
-    q = RequestQueue(path, lease_seconds=600, max_attempts=3)
+def _claim_all(backend: str, target: str, worker: str, start, out) -> None:
+    q = open_queue(backend, target, lease_seconds=600, max_attempts=3)
     start.wait()
     got = []
     while (lease := q.claim(worker)) is not None:
@@ -197,13 +214,14 @@ def _claim_all(path: str, worker: str, start, out) -> None:
     os._exit(0)
 
 
-def test_concurrent_claims_from_two_processes(tmp_path):
-    path = tmp_path / "queue.db"
-    q = RequestQueue(path, lease_seconds=600, max_attempts=3)
-    ids = {q.enqueue(request(cls=i % 10, subject=f"subject-{i:04d}"))[0] for i in range(60)}
+def test_concurrent_claims_from_two_processes(backend):
+    q = open_queue(*backend, lease_seconds=600, max_attempts=3)
+    # sixty models, so both workers may hold leases at once (one live lease per model)
+    ids = {q.enqueue(request(cls=i % 10, subject=f"subject-{i:04d}", model=f"model-{i}"))[0] for i in range(60)}
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(path), f"w{i}", start, out)) for i in range(2)]
+    procs = [ctx.Process(target=_claim_all, args=(backend[0], str(backend[1]), f"w{i}", start, out))
+             for i in range(2)]
     for p in procs:
         p.start()
     start.set()
@@ -216,3 +234,52 @@ def test_concurrent_claims_from_two_processes(tmp_path):
     assert len(a) + len(b) == 60 and set(a) | set(b) == ids
     assert q.counts()["leased"] == 60
     assert {s["worker_id"] for s in q.list(["leased"])} <= {"w0", "w1"}
+
+
+def subject_request(subject: str, model: str = "mnist-cnn", **extra) -> DeletionRequest:
+    return DeletionRequest(subject_id=subject, kind="subject", model=model, forget={"subject": subject}, **extra)
+
+
+def test_one_live_lease_per_model(queue, clock):
+    a, b = request(3), request(5)
+    other = DeletionRequest(subject_id="s", kind="class", model="mnist-gan", forget={"class": 3})
+    for r in (a, b, other):
+        queue.enqueue(r)
+    first = queue.claim("w1")
+    assert first.request_id == a.request_id
+    assert queue.claim_id(b.request_id, "w2") is None  # same model, live lease: stays pending
+    assert queue.claim("w2").request_id == other.request_id  # another model runs in parallel
+    assert queue.status(b.request_id)["state"] == "pending"
+    queue.assert_current(first)
+    clock.now += 61  # the first worker died: its lease expired, the model is free again
+    with pytest.raises(LeaseLost):
+        queue.assert_current(first)
+    assert queue.claim_id(b.request_id, "w3").request_id == b.request_id
+
+
+def test_claim_batch_takes_sample_level_requests_of_one_model(queue):
+    subjects = [subject_request(f"subject-{i:04d}") for i in range(4)]
+    cls = request(3)
+    other_model = subject_request("subject-0100", model="mnist-cnn-b")
+    explicit = subject_request("subject-0200", method="retrain")
+    for r in (*subjects, cls, other_model, explicit):
+        queue.enqueue(r)
+    batch = queue.claim_batch("w1", 3, subjects[1].request_id)
+    assert [x.request_id for x in batch] == [subjects[1].request_id, subjects[0].request_id, subjects[2].request_id]
+    assert len({x.fence for x in batch}) == 3
+    assert queue.claim_batch("w2", 8, subjects[3].request_id) == []  # the model is busy
+    assert [x.request_id for x in queue.claim_batch("w2", 8, other_model.request_id)] == [other_model.request_id]
+    assert queue.claim_batch("w3", 8, subjects[3].request_id, batch_models=[]) == []
+    for lease in batch:
+        queue.ack(lease, {"status": "done"})
+    # a class request is alone; the explicit-method request is not batched with 'auto' ones
+    assert [x.request_id for x in queue.claim_batch("w3", 8, cls.request_id)] == [cls.request_id]
+
+
+def test_failed_is_terminal(queue):
+    r = request()
+    queue.enqueue(r)
+    lease = queue.claim("w1")
+    queue.mark_failed(lease, {"reason": "gates failed after exact retraining"})
+    assert queue.status(r.request_id)["state"] == "failed"
+    assert queue.claim("w2") is None and queue.counts()["failed"] == 1

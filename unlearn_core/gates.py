@@ -104,8 +104,15 @@ def evaluate_gates(kind: str, parent: dict, candidate: dict, limits: GateThresho
     if kind == "class":
         checks.append(GateCheck("forget_acc", forget_acc, limits.max_forget_acc, forget_acc <= limits.max_forget_acc))
     else:
-        gap = forget_acc - candidate["TA"]
-        ta = min(max(candidate["TA"], 0.0), 1.0)
-        limit = limits.max_forget_gap + limits.forget_gap_sigmas * math.sqrt(ta * (1 - ta) / max(n_forget, 1))
-        checks.append(GateCheck("forget_gap", gap, round(limit, 4), gap <= limit))
+        checks.append(forget_gap_check(forget_acc, candidate["TA"], n_forget, limits))
     return GateOutcome.of(checks)
+
+
+def forget_gap_check(forget_acc: float, ta: float, n_forget: int, limits: GateThresholds,
+                     name: str = "forget_gap") -> GateCheck:
+    """Accuracy on a forget set minus test accuracy, within ``max_forget_gap`` plus the binomial
+    sampling error of an accuracy measured on ``n_forget`` samples."""
+    gap = forget_acc - ta
+    ta = min(max(ta, 0.0), 1.0)
+    limit = limits.max_forget_gap + limits.forget_gap_sigmas * math.sqrt(ta * (1 - ta) / max(n_forget, 1))
+    return GateCheck(name, gap, round(limit, 4), gap <= limit)

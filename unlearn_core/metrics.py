@@ -141,12 +141,13 @@ def avg_gap(method: dict, retrain: dict, keys=("UA", "MIA_efficacy", "RA", "TA")
 
 def classifier_report(model: nn.Module, train: Split, test: Split, forget_mask: np.ndarray,
                       forget_class: int | None = None, original: nn.Module | None = None,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, scored: tuple[Scored, Scored] | None = None) -> dict:
     """UA, RA, TA (+ per-class TA, Fr, Fs for class unlearning) and MIA-Efficacy.
 
-    One forward pass over train and one over test; every metric reads those logits.
+    One forward pass over train and one over test (or ``scored``: the model's logits on both,
+    computed before); every metric reads those logits.
     """
-    scored_train, scored_test = Scored.of(model, train), Scored.of(model, test)
+    scored_train, scored_test = scored or (Scored.of(model, train), Scored.of(model, test))
     forget, retain = scored_train.where(forget_mask), scored_train.where(~np.asarray(forget_mask))
     report = {
         "UA": 1.0 - forget.acc(),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +26,7 @@ from .config import Params, method_config
 from .errors import InputError
 from .requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
 
+BATCHABLE_KINDS = ("samples", "subject")  # sample-level deletions one unlearning run can serve together
 STATES = ("pending", "leased", "done", "failed", "dead_letter", "rejected")
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"leased", "rejected"}),
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT NOT NULL UNIQUE,
     idempotency_key TEXT NOT NULL UNIQUE,
     payload TEXT NOT NULL,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    method TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     fence INTEGER,
@@ -55,6 +59,7 @@ CREATE TABLE IF NOT EXISTS requests (
     details TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_claimable ON requests (state, seq);
+CREATE INDEX IF NOT EXISTS requests_model ON requests (model, state);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
@@ -75,6 +80,7 @@ class QueueParams(BaseModel):
     lease_seconds: float = Field(300.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1024)  # for SubmitContext
+    batch_max: int = Field(8, ge=1)  # sample-level requests of one model forgotten in one run (1: no batching)
 
 
 _DEFAULTS = QueueParams()
@@ -134,16 +140,24 @@ class RequestQueue:
         self.max_attempts = max_attempts
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
+        self._init_schema()
 
     @classmethod
     def from_params(cls, path: str | Path, params: QueueParams, **kwargs) -> "RequestQueue":
         return cls(path, lease_seconds=params.lease_seconds, max_attempts=params.max_attempts, **kwargs)
 
-    # ------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------ plumbing (SQLite; PostgreSQL overrides these)
+
+    def _init_schema(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            columns = {r["name"] for r in con.execute("PRAGMA table_info(requests)").fetchall()}
+            if columns and "model" not in columns:  # a queue made before the routing columns existed
+                for name in ("model", "kind", "method"):
+                    con.execute(f"ALTER TABLE requests ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+                    con.execute(f"UPDATE requests SET {name} = coalesce(json_extract(payload, '$.{name}'), 'auto')")
+            con.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -180,7 +194,8 @@ class RequestQueue:
             raise IllegalTransition(row["request_id"], row["state"], to)
         event = con.execute(
             "INSERT INTO events (request_id, at, from_state, to_state, worker_id, note) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (row["request_id"], now, row["state"], to, worker_id, note)).lastrowid
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (row["request_id"], now, row["state"], to, worker_id, note)).fetchone()["id"]
         cols = {"state": to, "updated_at": now, **cols}
         sets = ", ".join(f"{name} = ?" for name in cols)
         con.execute(f"UPDATE requests SET {sets} WHERE request_id = ?", (*cols.values(), row["request_id"]))
@@ -209,28 +224,37 @@ class RequestQueue:
                 return old["request_id"], False
             if con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request.request_id,)).fetchone():
                 raise InputError("request_id", f"{request.request_id} is already in the queue")
-            con.execute("INSERT INTO requests (request_id, idempotency_key, payload, state, created_at, "
-                        "updated_at) VALUES (?, ?, ?, 'pending', ?, ?)",
-                        (request.request_id, request.idempotency_key, request.to_json(), now, now))
+            con.execute("INSERT INTO requests (request_id, idempotency_key, payload, model, kind, method, state, "
+                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        (request.request_id, request.idempotency_key, request.to_json(), request.model,
+                         request.kind, request.method, now, now))
             con.execute("INSERT INTO events (request_id, at, to_state) VALUES (?, ?, 'pending')",
                         (request.request_id, now))
         return request.request_id, True
 
     def claim(self, worker_id: str) -> Lease | None:
         """Lease the oldest pending or lease-expired request, or None if there is none."""
-        return self._claim(worker_id, None)
+        return next(iter(self.claim_batch(worker_id, 1)), None)
 
     def claim_id(self, request_id: str, worker_id: str) -> Lease | None:
-        """Lease one given request; None if it is finished or leased by a live worker."""
-        return self._claim(worker_id, request_id)
+        """Lease one given request; None if it is finished, leased by a live worker, or its model is busy."""
+        return next(iter(self.claim_batch(worker_id, 1, request_id)), None)
 
-    def _claim(self, worker_id: str, request_id: str | None) -> Lease | None:
+    def claim_batch(self, worker_id: str, max_requests: int, request_id: str | None = None,
+                    batch_models: Collection[str] | None = None) -> list[Lease]:
+        """Lease a first request (``request_id``, or the oldest claimable one) and up to ``max_requests - 1``
+        more pending requests that can be forgotten together with it, in one transaction.
+
+        Batchable with the first: same model (one of ``batch_models``, default any), same method, and
+        sample-level kinds (``samples``, ``subject``); class requests are always alone. One writer per model: nothing is handed out
+        for a model whose other request holds a live lease. Each lease has its own fencing token.
+        """
+        if max_requests < 1:
+            raise InputError("max_requests", "must be >= 1")
         now = self.clock()
-        # one writer per model: nothing of a model whose other request holds a live lease
         where = ("(state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?)) AND NOT EXISTS ("
                  "SELECT 1 FROM requests AS busy WHERE busy.state = 'leased' AND busy.lease_expires_at > ? "
-                 "AND json_extract(busy.payload, '$.model') = json_extract(requests.payload, '$.model') "
-                 "AND busy.request_id != requests.request_id)")
+                 "AND busy.model = requests.model AND busy.request_id != requests.request_id)")
         with self._write() as con:
             while True:
                 if request_id is None:
@@ -241,7 +265,7 @@ class RequestQueue:
                     row = con.execute(f"SELECT * FROM requests WHERE request_id = ? AND {where}",
                                       (request_id, now, now)).fetchone()
                 if row is None:
-                    return None
+                    return []
                 if row["attempts"] < self.max_attempts:
                     break
                 # its last worker died holding the lease: no attempts left
@@ -249,16 +273,28 @@ class RequestQueue:
                            worker_id=None, lease_expires_at=None,
                            last_error=f"lease of {row['worker_id']!r} expired after {row['attempts']} attempts")
                 if request_id is not None:
-                    return None
-            attempt = row["attempts"] + 1
-            expires = now + self.lease_seconds
-            note = "redelivered: lease expired" if row["state"] == "leased" else None
-            fence = self._move(con, row, "leased", now, worker_id=worker_id, note=note,
-                               attempts=attempt, lease_expires_at=expires)
-            con.execute("UPDATE requests SET fence = ?, worker_id = ? WHERE request_id = ?",
-                        (fence, worker_id, row["request_id"]))
-        request = DeletionRequest.model_validate_json(row["payload"])
-        return Lease(request, worker_id, attempt, fence, expires)
+                    return []
+            rows = [row]
+            if max_requests > 1 and row["kind"] in BATCHABLE_KINDS and (
+                    batch_models is None or row["model"] in batch_models):
+                rows += con.execute(
+                    "SELECT * FROM requests WHERE state = 'pending' AND request_id != ? AND attempts < ? "
+                    f"AND model = ? AND method = ? AND kind IN ({', '.join('?' * len(BATCHABLE_KINDS))}) "
+                    "ORDER BY seq LIMIT ?",
+                    (row["request_id"], self.max_attempts, row["model"], row["method"],
+                     *BATCHABLE_KINDS, max_requests - 1)).fetchall()
+            leases = []
+            for r in rows:
+                attempt = r["attempts"] + 1
+                expires = now + self.lease_seconds
+                note = "redelivered: lease expired" if r["state"] == "leased" else None
+                fence = self._move(con, r, "leased", now, worker_id=worker_id, note=note,
+                                   attempts=attempt, lease_expires_at=expires)
+                con.execute("UPDATE requests SET fence = ?, worker_id = ? WHERE request_id = ?",
+                            (fence, worker_id, r["request_id"]))
+                leases.append(Lease(DeletionRequest.model_validate_json(r["payload"]), worker_id, attempt, fence,
+                                    expires))
+        return leases
 
     def assert_current(self, lease: Lease) -> None:
         """Raise :class:`LeaseLost` unless ``lease`` is still the request's current, unexpired lease.
@@ -338,7 +374,8 @@ class RequestQueue:
 
     def counts(self) -> dict[str, int]:
         with self._connect() as con:
-            found = dict(con.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
+            found = {r["state"]: r["n"] for r in
+                     con.execute("SELECT state, COUNT(*) AS n FROM requests GROUP BY state").fetchall()}
         return {state: found.get(state, 0) for state in STATES}
 
     def _view(self, row: sqlite3.Row) -> dict[str, Any]:

@@ -20,7 +20,7 @@ STATUSES = ("done", "rejected", "failed")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class Receipt:
     parent_version: str | None = None
     new_version: str | None = None
     prod_version: str | None = None  # the version holding prod when the receipt was issued (holds this deletion)
+    batch: list[str] = field(default_factory=list)  # other requests forgotten in the same run and version
     attempts: list[Attempt] = field(default_factory=list)
     metrics_before: dict[str, float] | None = None
     metrics_after: dict[str, float] | None = None

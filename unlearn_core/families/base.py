@@ -10,13 +10,14 @@ from typing import Any, ClassVar, Protocol
 
 from unlearn_core.config import Params
 from unlearn_core.data import Dataset
-from unlearn_core.gates import GateOutcome
+from unlearn_core.gates import GateCheck, GateOutcome
 from unlearn_core.methods import ForgetRequest
 
 
 class ModelFamily(Protocol):
     name: ClassVar[str]
     exact_method: ClassVar[str]  # the escalation target when every other attempt fails its gates
+    batches: ClassVar[bool]  # sample-level requests may be forgotten together (needs member_checks)
 
     def __init__(self, params: Params, arch: str, state_dir: Path): ...
 
@@ -37,6 +38,10 @@ class ModelFamily(Protocol):
     def evaluate(self, method: str, parent, parent_report: dict, model, dataset: Dataset,
                  request: ForgetRequest) -> tuple[dict, GateOutcome]:
         """The candidate's metrics and the gates' verdict against the parent."""
+
+    def member_checks(self, method: str, model, dataset: Dataset, report: dict, member_ids: list[str],
+                      name: str) -> list[GateCheck]:
+        """Gates one member of a batch on its own forget set (families with ``batches``)."""
 
     def headline(self, report: dict) -> dict:
         """The metrics worth a lineage record and a receipt."""

@@ -17,6 +17,7 @@ class GanFamily:
 
     name = "gan"
     exact_method = "retrain_gan"
+    batches = False
 
     def __init__(self, params: Params, arch: str, state_dir: Path):
         from unlearn_core.gan import GanParams
