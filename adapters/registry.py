@@ -6,13 +6,18 @@ Layout of a workspace (never the project checkout)::
     data/ + data.dvc                       the dataset directory (tombstoned per request)
     models/<name>/model.pt + .dvc          one file per model, a new md5 per version
     lineage/<name>/v<N>.json               lineage of version N, semver ``v0.0.<N>``
+    receipts/<request_id>.json             the signed receipt of each request (adapters/receipts.py)
+    keys/receipts.pub                      public key the receipts are signed with (adapters/signing.py)
+    erasures/<name>/v<N>.json              signed record of a superseded model version's erasure
     .dvc/config                            remote url + endpointurl (committed)
     .dvc/config.local                      endpoint + keys (git-ignored, rewritten on open)
 
 GTO conventions: ``<name>@v0.0.<N>`` registers a version, ``<name>#prod#<k>``
 assigns a stage. A version is committed by ``commit_version``, uploaded by
 ``push`` and only then registered/promoted: ``promote`` refuses while the
-version's model or data objects are missing from the remote.
+version's model or data objects are missing from the remote. Promoting version N
+deregisters (``gto deprecate <name> <version>``) every older version: each lacks
+N's deletion, and retention (adapters/retention.py) erases their bytes later.
 """
 from __future__ import annotations
 
@@ -544,6 +549,8 @@ class RegistryWorkspace:
         current = self._gto_state(model_name)["stages"].get(stage)
         if current == semver(number):
             return stage
+        if current is not None and _number(current) > number:  # checked again under the lock below
+            raise Superseded(model_name, semver(number), current)
         try:
             missing = self.missing_on_remote(model_name, number)
         except PushError as exc:
@@ -561,7 +568,70 @@ class RegistryWorkspace:
             self._wait_next_second(model_name)
             gto.api.assign(str(self.path), model_name, stage, version=semver(number), force=True,
                            author=GIT_USER[0], author_email=GIT_USER[1])
+            self._deprecate_older(model_name, number)
         return stage
+
+    def _deprecate_older(self, model_name: str, number: int) -> None:
+        """``gto deprecate NAME VERSION`` (a deregistration) of every registered version before ``number``."""
+        import gto.api
+
+        done = self.deprecated_at(model_name)
+        registered = {f"{model_name}@{semver(n)}" for n in range(1, number)} & set(self._tags(model_name))
+        for older in range(1, number):
+            if f"{model_name}@{semver(older)}" in registered and semver(older) not in done:
+                gto.api.deregister(str(self.path), model_name, version=semver(older),
+                                   author=GIT_USER[0], author_email=GIT_USER[1])
+
+    def deprecated_at(self, model_name: str) -> dict[str, int]:
+        """Deregistered (GTO-deprecated) versions of the model -> unix time of the deregistration tag."""
+        from gto.constants import Action
+        from gto.tag import parse_name
+
+        out = {}
+        for line in self._git("for-each-ref", "--format=%(refname:strip=2) %(taggerdate:unix)",
+                              f"refs/tags/{model_name}@*").splitlines():
+            tag, _, when = line.partition(" ")
+            parsed = parse_name(tag, raise_on_fail=False)
+            if parsed and parsed.get("action") == Action.DEREGISTER and parsed.get("name") == model_name:
+                out[parsed["version"]] = min(int(when), out.get(parsed["version"], int(when)))
+        return out
+
+    # ---------------------------------------------------------------- receipts and erasures
+
+    def commit_file(self, rel: str, text: str, message: str) -> str:
+        """Write and commit one small file (receipt, key, erasure record); returns the commit sha.
+        No commit when the file already holds ``text``."""
+        if not self.exists():
+            raise InputError("path", f"{self.path} is not a registry workspace (call init_from first)")
+        path = self.path / rel
+        with self._lock():
+            if path.exists() and path.read_text() == text:
+                return self._git("log", "-n1", "--format=%H", "--", rel).strip()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            self._git("add", rel)
+            self._git("commit", "-q", "-m", message, "--", rel)
+            return self._git("rev-parse", "HEAD").strip()
+
+    def erase_model_objects(self, model_name: str, version) -> list[str]:
+        """Erase a version's model file from the remote and the local DVC cache, unless a version
+        that is not deregistered uses the same bytes. Returns the erased md5s."""
+        number = _number(version)
+        md5 = self.version(model_name, number).model_md5
+        deprecated = self.deprecated_at(model_name)
+        live = {self.version(model_name, n).model_md5 for n in self._numbers(model_name)
+                if semver(n) not in deprecated}
+        if md5 in live:
+            return []
+        client = self.s3.client()
+        with self._lock():
+            try:
+                client.delete_object(Bucket=self.s3.bucket, Key=self._remote_key(md5))
+            except Exception as exc:  # noqa: BLE001 - connection refused, auth, ...
+                raise PushError(f"cannot erase {model_name} {semver(number)} on the remote: "
+                                f"{self._scrub(str(exc))[:300]}") from None
+            (self.path / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
+        return [md5]
 
     def _tags(self, model_name: str) -> list[str]:
         return self._git("tag", "-l", f"{model_name}@*", f"{model_name}#*").split()

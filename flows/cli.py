@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from flows.commands import bench, data, gan, pipeline, services
+from flows.commands import audit, bench, data, gan, pipeline, services
 
-COMMAND_GROUPS = (data, bench, services, pipeline, gan)
+COMMAND_GROUPS = (data, bench, services, pipeline, audit, gan)
 
 
 def build_parser() -> argparse.ArgumentParser:

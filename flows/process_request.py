@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from adapters.leases import LeaseKeeper
+from adapters.receipts import record_receipt
 from adapters.registry import DuplicateVersion, ParentMoved, Version
 from adapters.runtime import Runtime, code_version
 from tasks import pipeline as t
@@ -91,7 +92,7 @@ def _reject(rt: Runtime, lease: Lease, reason: str, reports: list) -> Receipt:
     receipt = _receipt(request, "rejected", method=request.method, validation=[r.to_dict() for r in reports],
                        reason=reason, timestamps={"submitted_at": request.submitted_at.isoformat(),
                                                   "rejected_at": now_iso()})
-    paths = receipt.write(rt.receipts_dir)
+    paths = record_receipt(rt, receipt)  # signed, in the state dir and the registry
     rt.queue.reject(request.request_id, {"error": reason, "receipt": paths["json"]}, lease=lease)
     get_run_logger().info("request %s rejected: %s", request.request_id, reason)
     return receipt
@@ -239,7 +240,7 @@ def _fail(rt: Runtime, lease: Lease, receipt: Receipt) -> Receipt:
     """Terminal ``failed``: receipt, artifact, queue state and an event an automation can alert on."""
     from prefect.events import emit_event
 
-    paths = receipt.write(rt.receipts_dir)
+    paths = record_receipt(rt, receipt)  # signed, in the state dir and the registry
     _artifacts(receipt)
     rt.queue.mark_failed(lease, {"reason": receipt.reason, "receipt": paths["json"]})
     emit_event(FAILED_EVENT, resource={"prefect.resource.id": f"unlearnops.request.{receipt.request_id}",
@@ -282,7 +283,7 @@ def _publish(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, version: Ver
                      "data_md5": version.data_md5, "remote": f"s3://{rt.s3.bucket}",
                      "gto_tag": f"{model}@{version.semver}"},
             reason="; ".join(x for x in (reason, note) if x) or None)
-        paths = receipt.write(rt.receipts_dir)
+        paths = record_receipt(rt, receipt)  # signed, in the state dir and the registry
         _artifacts(receipt)
         rt.queue.ack(lease, {"status": "done", "version": version.semver, "prod": prod, "receipt": paths["json"]})
         receipts[request.request_id] = receipt

@@ -7,7 +7,9 @@
   each run is a fresh process, so it pays the imports); with warm workers it has no trigger,
   so the event and the warm run never race for the same request;
 - ``watch-queue``: on an interval schedule, the safety net for missed notifications and
-  expired leases (the ephemeral API runs no schedules, hence a server).
+  expired leases (the ephemeral API runs no schedules, hence a server);
+- ``retention``: every ``retention.schedule_hours``, erases model versions superseded by a
+  deletion once their grace period ended.
 """
 from __future__ import annotations
 
@@ -46,7 +48,9 @@ def serve_pipeline(rt: Runtime, interval_s: int = 60, workers: int = 1) -> None:
         from prefect import serve
         from prefect.events import DeploymentEventTrigger
 
+        from adapters.retention import retention_params
         from flows.process_request import process_request
+        from flows.retention import retention
         from flows.watch_queue import watch_queue
 
         state = str(rt.state_dir)
@@ -55,7 +59,9 @@ def serve_pipeline(rt: Runtime, interval_s: int = 60, workers: int = 1) -> None:
             parameters={"request_id": "{{ event.resource['unlearnops.request_id'] }}", "state_dir": state})]
         serve(process_request.to_deployment(name="process-request", triggers=triggers,
                                             parameters={"state_dir": state}),
-              watch_queue.to_deployment(name="watch-queue", interval=interval_s, parameters={"state_dir": state}))
+              watch_queue.to_deployment(name="watch-queue", interval=interval_s, parameters={"state_dir": state}),
+              retention.to_deployment(name="retention", parameters={"state_dir": state},
+                                      interval=retention_params(rt.params).schedule_hours * 3600))
     finally:
         for child in children:
             child.terminate()

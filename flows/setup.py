@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 
 from adapters.runtime import code_version
+from adapters.receipts import publish_public_key
 from adapters.runtime import Runtime
+from adapters.signing import ReceiptSigner
 from adapters.services import EmbeddedS3
 from unlearn_core.config import load_params
 from unlearn_core.data import build_mnist5k
@@ -56,4 +58,5 @@ def init_pipeline(state_dir: str | Path, params_path: str | Path = "params.yaml"
             else:
                 rt.registry.init_from(data_dir, tmp / f"{name}.pt", name, lineage)
             progress(f"{name} v0.0.1 registered (prod)")
+    publish_public_key(rt.registry, ReceiptSigner.for_state(rt.state_dir))  # key made here or by `unlearn up`
     return rt

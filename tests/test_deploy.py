@@ -27,6 +27,8 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
         watch = client.read_deployment_by_name("watch-queue/watch-queue")
         assert process.work_pool_name == watch.work_pool_name == "unlearnops-test"
         assert [s.schedule.interval.total_seconds() for s in watch.schedules] == [60]
+        keep = client.read_deployment_by_name("retention/retention")
+        assert [s.schedule.interval.total_seconds() for s in keep.schedules] == [86400]
         automations = [a for a in client.read_automations() if str(process.id) in a.model_dump_json()]
         assert automations and "unlearnops.request.submitted" in automations[0].trigger.model_dump_json()
     log = open(tmp_path / "worker.log", "w")
@@ -48,5 +50,5 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
         worker.terminate()
         worker.wait(timeout=60)
         with get_client(sync_client=True) as client:  # later tests serve deployments of the same names
-            for name in ("process-request/process-request", "watch-queue/watch-queue"):
+            for name in ("process-request/process-request", "watch-queue/watch-queue", "retention/retention"):
                 client.delete_deployment(client.read_deployment_by_name(name).id)

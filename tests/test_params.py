@@ -32,3 +32,15 @@ def test_gate_overrides_name_known_methods_and_fields():
 def test_a_wrong_gate_value_names_the_field():
     with pytest.raises(InputError, match="gates.default.max_ra_drop"):
         gates_params(parse_params({"gates": {"default": {"max_ra_drop": "lots"}}}))
+
+
+def test_retention_and_verify_sections_validate_and_name_a_wrong_field():
+    from adapters.retention import retention_params
+    from adapters.verification import verify_params
+
+    assert retention_params(PARAMS).superseded_models_days == 30
+    assert verify_params(PARAMS).metric_tolerance == 0.005
+    with pytest.raises(InputError, match="retention.superseded_models_days"):
+        retention_params(parse_params({"retention": {"superseded_models_days": -1}}))
+    with pytest.raises(InputError, match="verify.metric_tolerance"):
+        verify_params(parse_params({"verify": {"metric_tolerance": "close"}}))

@@ -265,3 +265,7 @@ def test_pending_subject_deletions_are_forgotten_as_one_batch(pipeline):
         checks = [c["name"] for c in receipt["gates"]["checks"]]
         assert f"forget_gap[{request_id[:8]}]" in checks
     assert rt.registry.version_for_request("mnist-cnn", ids[3]).semver == "v0.0.2"
+    from flows.verify import run_verify
+
+    for request_id in (ids[0], ids[-1]):  # a member's signed receipt re-derives from a fresh registry clone
+        assert run_verify(request_id, state_dir=str(rt.state_dir), out=lambda *_: None) == 0

@@ -80,7 +80,8 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     ws.promote(NAME, v2)  # idempotent: no new tag
     assert _git(ws.path, "tag", "-l").split() == tags and f"{NAME}@v0.0.2" in tags
     assert [(v.semver, v.stages, v.registered) for v in ws.versions(NAME)] == [
-        ("v0.0.1", [], True), ("v0.0.2", ["prod"], True)]
+        ("v0.0.1", [], False), ("v0.0.2", ["prod"], True)]  # v0.0.1 deprecated (deregistered) by the promotion
+    assert list(ws.deprecated_at(NAME)) == ["v0.0.1"]
     assert ws.model_path(NAME).read_bytes() == (tmp / "m2.pt").read_bytes()
     assert ws.model_path(NAME, "v0.0.1").read_bytes() == (tmp / "m1.pt").read_bytes()
 
@@ -234,8 +235,8 @@ def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, m
     with pytest.raises(Exception, match="404|Not Found"):
         client.head_object(Bucket=s3.bucket, Key=key)
     assert not (ws.path / ".dvc/cache/files/md5" / old_images[:2] / old_images[2:]).exists()
-    with pytest.raises(PromoteError, match="missing from the remote"):
-        ws.promote(NAME, v1)  # its data is erased: it can no longer be reproduced, so never prod again
+    with pytest.raises(PromoteError, match="not promoted"):
+        ws.promote(NAME, v1)  # superseded, and its data is erased: never prod again
     current = ws.clone_and_pull(tmp / "after-purge")  # the current dataset still pulls in full
     assert not set(forget_ids) & load_dataset(current / "data").all_ids()
     model_v1 = ws.clone_and_pull(tmp / "after-purge-v1", rev=f"{NAME}@v0.0.1", targets=[f"models/{NAME}/model.pt"])

@@ -67,6 +67,8 @@ def test_up_down_start_and_stop_real_processes(tmp_path, capsys, monkeypatch):
     assert cfg.bucket in {b["Name"] for b in cfg.client().list_buckets()["Buckets"]}
     assert (state / "prefect" / "prefect.db").exists()
     assert cfg.secret_key not in out and cfg.access_key not in out and url in out
+    key = state / "s3" / "receipts.key"  # the receipt signing key, beside the S3 keys
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and str(key) in out and key.read_bytes() not in out.encode()
 
     assert main(["up", "--state-dir", str(state)]) == 0  # idempotent: same processes
     assert capsys.readouterr().out.count("already running") == 2

@@ -1,4 +1,4 @@
-"""GAN unlearning metrics (shared/METHODS.md section C) and the gate report.
+"""GAN unlearning metrics (docs/methods.md, GAN metrics) and the gate report.
 
 - Feature-FID: Frechet distance between Gaussians fitted to the reference
   classifier's penultimate features (``model.features``) of real and generated

@@ -1,4 +1,4 @@
-"""Classifier unlearning metrics, exactly as defined in shared/METHODS.md.
+"""Classifier unlearning metrics, exactly as defined in docs/methods.md.
 
 Notation: D_f forget set, D_r retain set, D_t test set, c the forgotten class.
 All accuracies are fractions in [0, 1]; reports show them as points (x100).

@@ -100,13 +100,23 @@ class Receipt:
         return out
 
     def write(self, receipts_dir: str | Path) -> dict[str, str]:
-        out = Path(receipts_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        json_path = out / f"{self.request_id}.json"
-        md_path = out / f"{self.request_id}.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
-        md_path.write_text(render_markdown(self.to_dict()))
-        return {"json": str(json_path), "markdown": str(md_path)}
+        return write_receipt(self.to_dict(), receipts_dir)
+
+
+def receipt_json(receipt: dict) -> str:
+    """The receipt file's text (the same bytes in the state dir and in the registry)."""
+    return json.dumps(receipt, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def write_receipt(receipt: dict, receipts_dir: str | Path) -> dict[str, str]:
+    """``<request_id>.json`` + ``.md`` in ``receipts_dir``; returns both paths."""
+    out = Path(receipts_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{receipt['request_id']}.json"
+    md_path = out / f"{receipt['request_id']}.md"
+    json_path.write_text(receipt_json(receipt))
+    md_path.write_text(render_markdown(receipt))
+    return {"json": str(json_path), "markdown": str(md_path)}
 
 
 def render_markdown(receipt: dict) -> str:
@@ -135,6 +145,12 @@ def render_markdown(receipt: dict) -> str:
         lines.append("- durations: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     for stamp, value in (receipt.get("timestamps") or {}).items():
         lines.append(f"- {stamp}: {value}")
+    if receipt.get("content_hash"):
+        sig = receipt.get("signature") or {}
+        lines.append(f"- content hash: `{receipt['content_hash']}` (signed {sig.get('algorithm')}, "
+                     f"key `{sig.get('key_id')}`)")
+    for entry in receipt.get("audit") or []:
+        lines.append(f"- audit {entry.get('at')}: {entry.get('event')} {entry.get('summary', '')}".rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -148,7 +148,8 @@ def _deploy(args) -> int:
     rt = _runtime(args)
     resolve_api_url(rt)
     deploy(rt, args.pool)
-    print(f"deployments process-request (event-triggered) and watch-queue (every 60 s) on pool {args.pool}")
+    print(f"deployments process-request (event-triggered), watch-queue (every 60 s) and retention (daily) "
+          f"on pool {args.pool}")
     return 0
 
 

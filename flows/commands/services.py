@@ -30,12 +30,14 @@ def _state_dir(arg):
 
 def _up(args) -> int:
     from adapters.services import EmbeddedS3, PrefectServer
+    from adapters.signing import ensure_signing_key
 
     state = _state_dir(args.state_dir)
     s3 = EmbeddedS3(state)
     print(("S3 already running" if s3.running() else "S3 started") + ":", end=" ", flush=True)
     cfg = s3.ensure_started()
     print(f"{cfg.endpoint_url} bucket={cfg.bucket} (keys in {s3.keys_file}, mode 0600)")
+    print(f"receipt signing key: {ensure_signing_key(state)} (mode 0600)")
     if not args.no_prefect:
         server = PrefectServer(state)
         print(("Prefect already running" if server.running() else "Prefect server starting") + ":",

@@ -1,7 +1,7 @@
 """Cascaded GAN unlearning (Sun, Zhu, Chang, Zhou; arXiv 2308.09881): item and class.
 
 The paper body was not available; this module is our reference
-interpretation of its abstract (shared/METHODS.md section C). Every design
+interpretation of its abstract (docs/methods.md, cascade_gan). Every design
 decision is listed here and in docs/gan_unlearning.md.
 
 1. Substitution. Every forget image gets a stand-in that keeps the latent
