@@ -363,6 +363,7 @@ class RegistryWorkspace:
         if not self.exists():
             raise InputError("path", f"{self.path} is not a registry workspace (call init_from first)")
         with self._lock():
+            self._recover()
             numbers = self._numbers(model_name)
             if not numbers:
                 raise InputError("model_name", f"no model {model_name!r} in {self.path}")
@@ -381,6 +382,7 @@ class RegistryWorkspace:
                    "parent": {"version": head.semver, "git_sha": head.git_sha,
                               "model_md5": head.model_md5, "data_md5": head.data_md5},
                    "data_before_md5": self._md5("data.dvc")}
+            self._writing_marker.touch()
             try:
                 if dataset_change is not None:
                     dataset_change(self.path / "data")
@@ -389,6 +391,8 @@ class RegistryWorkspace:
             except BaseException:
                 self._restore()
                 raise
+            finally:
+                self._writing_marker.unlink(missing_ok=True)
         return self.version(model_name, number, sha)
 
     def version_for_request(self, model_name: str, request_id: str) -> Version | None:
@@ -407,6 +411,19 @@ class RegistryWorkspace:
         """
         numbers = self._numbers(model_name)
         return self.version(model_name, numbers[-1]) if numbers else None
+
+    @property
+    def _writing_marker(self) -> Path:
+        return self.path.parent / f".{self.path.name}.writing"
+
+    def _recover(self) -> None:
+        """Under the workspace lock: undo what a writer killed mid-commit left (half-tombstoned data, a
+        copied model, a stale git index lock), so the next version starts from the last commit."""
+        stale = self.path / ".git" / "index.lock"
+        if self._writing_marker.exists() or stale.exists():  # we hold the lock: that writer is dead
+            stale.unlink(missing_ok=True)
+            self._restore()
+            self._writing_marker.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Undo a half-made version: files back to the last commit."""

@@ -247,3 +247,18 @@ def _md5_of(path: Path) -> str:
     import hashlib
 
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_writer_killed_mid_commit_is_undone_by_the_next(tmp_path, s3, mnist_dir, forget_ids):
+    """A dead writer's half-tombstoned data and stale git lock never reach the next version."""
+    ws = RegistryWorkspace(tmp_path / "ws", s3, {"remote_prefix": "killed-writer"})
+    ws.init_from(mnist_dir, _model(tmp_path / "m1.pt", 1), NAME, {})
+    tombstone(ws.data_dir(), forget_ids[:2], "req-dead")  # what the killed writer got through
+    (tmp_path / ".ws.writing").touch()
+    (ws.path / ".git" / "index.lock").touch()
+    v2 = ws.commit_version(NAME, _model(tmp_path / "m2.pt", 2), "req-next", {}, forget_ids[2:3], "v0.0.1",
+                           lambda d: tombstone(d, forget_ids[2:3], "req-next"))
+    assert v2.lineage["deleted_sample_ids"] == sorted(forget_ids[2:3])
+    ids = load_dataset(ws.data_dir()).all_ids()
+    assert forget_ids[0] in ids and forget_ids[1] in ids and forget_ids[2] not in ids
+    assert not (ws.path / ".git" / "index.lock").exists() and not (tmp_path / ".ws.writing").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import validation as v
+from adapters import validation as v
 from unlearn_core.config import parse_params
 from unlearn_core.errors import InputError
 

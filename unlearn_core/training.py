@@ -28,10 +28,12 @@ def reproducible(cpu_threads: int = 1):
     intra-op threads, hence a fixed ``cpu_threads`` for torch and for the BLAS
     that numpy/scipy use (the GAN metrics). On CUDA, ops without a
     deterministic kernel only warn; metrics then match within tolerance. The
-    thread counts and torch's determinism flags are restored after the block.
+    thread counts, torch's determinism flags and the environment are restored after the block.
     """
-    os.environ.update(PINNED_CPU_KERNELS)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    pinned = {**PINNED_CPU_KERNELS,  # and deterministic cuBLAS unless the caller chose a workspace
+              "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8")}
+    saved_env = {k: os.environ.get(k) for k in pinned}
+    os.environ.update(pinned)
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     torch.set_num_threads(cpu_threads)
@@ -45,6 +47,11 @@ def reproducible(cpu_threads: int = 1):
         with threadpool_limits(limits=cpu_threads):
             yield
     finally:
+        for key, value in saved_env.items():  # child processes started later get the caller's environment
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         torch.backends.cudnn.benchmark = saved[3]
