@@ -119,6 +119,15 @@ def _wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None,
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s; see {log}")
 
 
+def _api_healthy(api_url: str) -> bool:
+    """A Prefect API answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def _write_private(path: Path, payload: dict) -> None:
     """Write JSON readable by the owner only (created 0600, never world-readable in between)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -263,15 +272,8 @@ class PrefectServer:
         proc = _spawn(cmd, self.env(port), self.log_file, self.pid_file)
         url = f"http://127.0.0.1:{port}/api"
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
         try:
-            _wait_until(healthy, "prefect server", timeout, proc, self.log_file)
+            _wait_until(lambda: _api_healthy(url), "prefect server", timeout, proc, self.log_file)
         except BaseException:
             _terminate(self.pid_file, "prefect")
             raise
@@ -316,15 +318,9 @@ class TemporaryPrefectApi:
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         url = f"http://127.0.0.1:{port}/api"
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
         try:
-            _wait_until(healthy, "temporary prefect server", self.timeout, self.proc, Path(os.devnull))
+            _wait_until(lambda: _api_healthy(url), "temporary prefect server", self.timeout, self.proc,
+                        Path(os.devnull))
         except BaseException:
             self.__exit__()
             raise
