@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from unlearn_core.queue import Lease, LeaseLost, RequestQueue
+from adapters.queue import Lease, LeaseLost, RequestQueue
 
 
 class LeaseKeeper:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from adapters.queue import RequestQueue, open_queue, queue_params
 from adapters.services import default_state_dir, s3_config
 from adapters.registry import RegistryWorkspace, S3Config
 from unlearn_core.config import Params, load_params
 from unlearn_core.errors import InputError
-from unlearn_core.queue import RequestQueue, queue_params
 from unlearn_core.requests import ModelInfo
 
 SUBSTITUTE_ROOT_ENV = "UNLEARNOPS_SUBSTITUTE_ROOT"
@@ -98,11 +98,8 @@ class Runtime:
         if url:
             if not url.startswith(("postgresql://", "postgres://")):
                 raise InputError(QUEUE_URL_ENV, "expected a postgresql:// URI")
-            from adapters.queue_postgres import PostgresRequestQueue
-
-            return PostgresRequestQueue.from_params(url, queue_params(self.params))
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        return RequestQueue.from_params(self.queue_path, queue_params(self.params))
+            return open_queue(url, queue_params(self.params))
+        return open_queue(self.queue_path, queue_params(self.params))
 
     @cached_property
     def registry(self) -> RegistryWorkspace:

@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from adapters.leases import LeaseKeeper
+from adapters.queue import IllegalTransition, Lease, LeaseLost, queue_params
 from adapters.receipts import record_receipt
 from adapters.registry import DuplicateVersion, ParentMoved, Version
 from adapters.runtime import Runtime, code_version
@@ -36,7 +37,6 @@ from unlearn_core.data import load_dataset, read_manifest
 from unlearn_core.errors import InputError
 from unlearn_core.forget import build_forget_request, resolve_forget_rows
 from unlearn_core.gates import GateOutcome
-from unlearn_core.queue import IllegalTransition, Lease, LeaseLost, queue_params
 from unlearn_core.receipts import Attempt, Lineage, Receipt, now_iso, render_markdown
 from unlearn_core.selection import select_method
 

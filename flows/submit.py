@@ -14,11 +14,11 @@ import os
 import subprocess
 import sys
 
+from adapters.queue import queue_params
 from adapters.runtime import Runtime
 from adapters.services import PrefectServer
 from unlearn_core.data import read_manifest
 from unlearn_core.methods import METHODS
-from unlearn_core.queue import queue_params
 from unlearn_core.requests import SubmitContext, parse_request
 
 SUBMITTED_EVENT = "unlearnops.request.submitted"

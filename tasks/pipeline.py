@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from adapters.queue import Lease
 from adapters.registry import PushError, Superseded, Version
 from adapters.runtime import Runtime
 from adapters.substitute import fetch_substitute
@@ -28,7 +29,6 @@ from unlearn_core.families import ModelFamily
 from unlearn_core.gates import GateOutcome, gates_params
 from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
 from unlearn_core.models import pick_device
-from unlearn_core.queue import Lease
 from unlearn_core.requests import DeletionRequest
 
 GPU_LIMIT = "gpu"

@@ -170,9 +170,9 @@ def dead_worker_claim(rt, request_id):
     """Claim as a worker whose clock says its lease ran out long ago (it died mid-request)."""
     import time
 
-    from unlearn_core.queue import RequestQueue, queue_params
+    from adapters.queue import open_queue, queue_params
 
-    past = RequestQueue.from_params(rt.queue_path, queue_params(rt.params), clock=lambda: time.time() - 3600)
+    past = open_queue(rt.queue_path, queue_params(rt.params), clock=lambda: time.time() - 3600)
     return past.claim_id(request_id, "worker-that-died")
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sqlite3
 import time
 
 import pytest
 
+from adapters.leases import LeaseKeeper
+from adapters.queue import (STATES, IllegalTransition, Lease, LeaseLost, QueueParams, RequestQueue, open_queue,
+                            queue_params)
+from adapters.queue.base import TRANSITIONS
+from adapters.queue.postgres import PostgresRequestQueue
+from adapters.queue.sqlite import SqliteRequestQueue
 from unlearn_core.config import parse_params
 from unlearn_core.errors import InputError
-from unlearn_core.queue import (STATES, TRANSITIONS, IllegalTransition, LeaseLost, RequestQueue,
-                                queue_params)
 from unlearn_core.requests import DeletionRequest
 
 
@@ -33,29 +38,37 @@ def clock():
     return Clock()
 
 
-def open_queue(backend: str, target, **kwargs) -> RequestQueue:
-    if backend == "postgres":
-        from adapters.queue_postgres import PostgresRequestQueue
-
-        return PostgresRequestQueue(target, **kwargs)
-    return RequestQueue(target, **kwargs)
+PARAMS = QueueParams(lease_seconds=60, max_attempts=2)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def backend(request, tmp_path):
-    """(backend name, where its queue lives): a SQLite file, or a fresh PostgreSQL database."""
+def target(request, tmp_path) -> str:
+    """Where a queue lives: a SQLite file, or a fresh PostgreSQL database (its URL)."""
     if request.param == "postgres":
-        return "postgres", request.getfixturevalue("postgres_url")
-    return "sqlite", tmp_path / "queue.db"
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "queue.db")
 
 
 @pytest.fixture
-def queue(backend, clock):
-    return open_queue(*backend, lease_seconds=60, max_attempts=2, clock=clock)
+def queue(target, clock):
+    return open_queue(target, PARAMS, clock=clock)
+
+
+def test_open_queue_picks_the_backend_from_the_url(tmp_path, postgres_url):
+    assert isinstance(open_queue(tmp_path / "a.db", PARAMS), SqliteRequestQueue)
+    by_url = open_queue(f"sqlite:///{tmp_path}/b.db", PARAMS)
+    assert isinstance(by_url, SqliteRequestQueue) and by_url.path == tmp_path / "b.db"
+    postgres = open_queue(postgres_url, PARAMS)
+    assert isinstance(postgres, PostgresRequestQueue) and isinstance(postgres, RequestQueue)
+    assert postgres_url.split("@")[0] not in repr(postgres)  # credentials never printed
+    assert (postgres.lease_seconds, postgres.max_attempts) == (60, 2)
+    with pytest.raises(InputError) as info:
+        open_queue("mysql://host/db", PARAMS)
+    assert info.value.field == "queue_url"
 
 
 def test_wal_mode_and_params(tmp_path):
-    queue = RequestQueue(tmp_path / "queue.db")
+    queue = open_queue(tmp_path / "queue.db", QueueParams())
     con = sqlite3.connect(queue.path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
@@ -199,8 +212,8 @@ def test_transition_table_is_closed():
     assert "done" not in TRANSITIONS["pending"]  # nothing finishes without being claimed
 
 
-def _claim_all(backend: str, target: str, worker: str, start, out) -> None:
-    q = open_queue(backend, target, lease_seconds=600, max_attempts=3)
+def _claim_all(target: str, worker: str, start, out) -> None:
+    q = open_queue(target, QueueParams(lease_seconds=600, max_attempts=3))
     start.wait()
     got = []
     while (lease := q.claim(worker)) is not None:
@@ -214,13 +227,13 @@ def _claim_all(backend: str, target: str, worker: str, start, out) -> None:
     os._exit(0)
 
 
-def test_concurrent_claims_from_two_processes(backend):
-    q = open_queue(*backend, lease_seconds=600, max_attempts=3)
+def test_concurrent_claims_from_two_processes(target):
+    q = open_queue(target, QueueParams(lease_seconds=600, max_attempts=3))
     # sixty models, so both workers may hold leases at once (one live lease per model)
     ids = {q.enqueue(request(cls=i % 10, subject=f"subject-{i:04d}", model=f"model-{i}"))[0] for i in range(60)}
     ctx = mp.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(backend[0], str(backend[1]), f"w{i}", start, out))
+    procs = [ctx.Process(target=_claim_all, args=(target, f"w{i}", start, out))
              for i in range(2)]
     for p in procs:
         p.start()
@@ -283,3 +296,125 @@ def test_failed_is_terminal(queue):
     queue.mark_failed(lease, {"reason": "gates failed after exact retraining"})
     assert queue.status(r.request_id)["state"] == "failed"
     assert queue.claim("w2") is None and queue.counts()["failed"] == 1
+
+
+def test_pending_models(queue, clock):
+    a, b = request(1), request(2)
+    other = request(3, model="mnist-cnn-b")
+    for r in (a, b, other):
+        queue.enqueue(r)
+    assert queue.pending_models() == {"mnist-cnn": 2, "mnist-cnn-b": 1}
+    first = queue.claim("w1")
+    assert queue.pending_models() == {"mnist-cnn": 1, "mnist-cnn-b": 1}
+    queue.ack(queue.claim("w2"), {})  # mnist-cnn-b's only request
+    assert queue.pending_models() == {"mnist-cnn": 1}
+    clock.now += 61  # w1 died: its request waits to be claimed again
+    assert queue.pending_models() == {"mnist-cnn": 2}
+    queue.reject(b.request_id, {"reason": "bad ids"})
+    assert queue.pending_models() == {"mnist-cnn": 1}
+    assert first.request_id == a.request_id
+
+
+def _drain_one_by_one(target: str, worker: str, models: list[str], holders, parallel, start, out) -> None:
+    """Claim, 'work' while marking the model held in shared memory, unmark, ack; until everything is done."""
+    q = open_queue(target, QueueParams(lease_seconds=600, max_attempts=3))
+    total = sum(q.counts().values())
+    start.wait()
+    got, clashes = [], 0
+    while True:
+        lease = q.claim(worker)
+        if lease is None:
+            if q.counts()["done"] == total:
+                break
+            time.sleep(0.005)  # every model with work left is held by another worker
+            continue
+        m = models.index(lease.request.model)
+        with holders.get_lock():
+            holders[m] += 1
+            clashes += holders[m] > 1
+            parallel.value = max(parallel.value, sum(holders))
+        time.sleep(0.03)
+        with holders.get_lock():
+            holders[m] -= 1
+        q.ack(lease, {"worker": worker})  # after the unmark: the next writer of m may start only now
+        got.append(lease.request_id)
+    out.put((worker, got, clashes))
+    out.close()
+    out.join_thread()
+    os._exit(0)
+
+
+def test_concurrent_workers_never_hold_two_live_leases_for_one_model(target):
+    """Three processes drain 24 requests of two models: each leased once, one writer per model at any moment,
+    the two models worked on in parallel."""
+    q = open_queue(target, QueueParams(lease_seconds=600, max_attempts=3))
+    models = ["mnist-cnn", "mnist-cnn-b"]
+    ids = {q.enqueue(request(cls=i % 10, subject=f"subject-{i:04d}", model=models[i % 2]))[0] for i in range(24)}
+    ctx = mp.get_context("fork")
+    holders, parallel = ctx.Array("i", len(models)), ctx.Value("i", 0)
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_drain_one_by_one, args=(target, f"w{i}", models, holders, parallel, start, out))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    done = [rid for _, got, _ in results for rid in got]
+    assert sorted(done) == sorted(ids)  # every request processed, none twice
+    assert sum(clashes for *_, clashes in results) == 0
+    assert parallel.value == 2
+    for rid in ids:
+        assert [h["to"] for h in q.status(rid)["history"]] == ["pending", "leased", "done"]
+
+
+def _hold_lease_until_killed(target: str, lease_seconds: float, out) -> None:
+    q = open_queue(target, QueueParams(lease_seconds=lease_seconds, max_attempts=3))
+    lease = q.claim("doomed-worker")
+    out.put((lease.attempt, lease.fence, lease.expires_at))
+    with LeaseKeeper(q, [lease], interval_s=0.2):  # heartbeats keep the lease while the process lives
+        time.sleep(600)
+
+
+def test_killed_worker_lease_expires_and_its_fence_is_refused(target):
+    lease_seconds = 3.0
+    q = open_queue(target, QueueParams(lease_seconds=lease_seconds, max_attempts=3))
+    first, second = request(1), request(2)
+    q.enqueue(first)
+    q.enqueue(second)
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    holder = ctx.Process(target=_hold_lease_until_killed, args=(target, lease_seconds, out))
+    holder.start()
+    try:
+        attempt, fence, expires_at = out.get(timeout=60)
+        dead = Lease(first, "doomed-worker", attempt, fence, expires_at)
+        time.sleep(lease_seconds + 1)  # past the first expiry: only the heartbeats keep the lease
+        assert q.claim("survivor") is None
+        assert q.claim_id(second.request_id, "survivor") is None  # same model: one writer
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(timeout=30)
+        assert holder.exitcode == -signal.SIGKILL
+    finally:
+        if holder.is_alive():
+            os.kill(holder.pid, signal.SIGKILL)
+            holder.join()
+    deadline = time.time() + 30
+    while (taken := q.claim("survivor")) is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert taken is not None and taken.request_id == first.request_id
+    assert taken.attempt == 2 and taken.fence > fence
+    assert not q.heartbeat(dead)
+    for stale in (lambda: q.assert_current(dead), lambda: q.ack(dead, {"version": "from-the-dead"}),
+                  lambda: q.mark_failed(dead, {"reason": "late"})):
+        with pytest.raises(LeaseLost):
+            stale()
+    assert q.claim("survivor-2") is None  # the model is busy again, now with the survivor
+    q.assert_current(taken)
+    q.ack(taken, {"version": "v2"})
+    status = q.status(first.request_id)
+    assert status["state"] == "done" and status["result"] == {"version": "v2"}
+    assert [h["note"] for h in status["history"] if h["to"] == "leased"] == [None, "redelivered: lease expired"]
+    assert q.claim("survivor-2").request_id == second.request_id

@@ -1,4 +1,4 @@
-"""Durable deletion-request queue: one SQLite file in WAL mode, safe for several processes.
+"""The durable deletion-request queue: states, leases, fencing, and the logic both backends share.
 
 Every state change goes through :data:`TRANSITIONS` and is recorded in an
 ``events`` table (the request's audit history). A claim hands out a
@@ -7,24 +7,29 @@ across the whole queue; ``ack``/``fail`` with a token that is no longer the
 row's current one raise :class:`LeaseLost` and change nothing. A lease that
 expires (its worker died) makes the request claimable again, which is how a
 killed request is redelivered and still ends with exactly one ``done``.
+One writer per model: no request is handed out while another request of the
+same model holds a live lease.
+
+The backends (``sqlite.py``, ``postgres.py``) supply only connections, the schema
+and a write transaction that serialises writers; the SQL here is written with
+``?`` placeholders and runs unchanged on both.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import Params, method_config
-from .errors import InputError
-from .requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
+from unlearn_core.config import Params, method_config
+from unlearn_core.errors import InputError
+from unlearn_core.requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
 
 BATCHABLE_KINDS = ("samples", "subject")  # sample-level deletions one unlearning run can serve together
 STATES = ("pending", "leased", "done", "failed", "dead_letter", "rejected")
@@ -37,41 +42,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "dead_letter": frozenset(),
     "rejected": frozenset(),
 }
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL UNIQUE,
-    idempotency_key TEXT NOT NULL UNIQUE,
-    payload TEXT NOT NULL,
-    model TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    method TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    fence INTEGER,
-    worker_id TEXT,
-    lease_expires_at REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_error TEXT,
-    result TEXT,
-    details TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_claimable ON requests (state, seq);
-CREATE INDEX IF NOT EXISTS requests_model ON requests (model, state);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    worker_id TEXT,
-    note TEXT
-);
-CREATE INDEX IF NOT EXISTS events_request ON events (request_id, id);
-"""
-
 
 class QueueParams(BaseModel):
     """The ``queue`` section of params.yaml."""
@@ -121,73 +91,58 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-class RequestQueue:
-    """Deletion requests with leases, attempts and a dead letter; see the module docstring.
+class Connection(Protocol):
+    """What the shared logic needs of a backend's connection: ``?`` placeholders, rows readable by column name."""
+
+    def execute(self, sql: str, params: Iterable[Any] = ...) -> Any: ...
+
+
+Row = Any  # a row readable by column name: sqlite3.Row, psycopg's dict row
+
+
+class RequestQueue(ABC):
+    """Deletion requests with leases, attempts, a dead letter and one writer per model; see the module docstring.
 
     Each call opens its own connection, so one instance may be shared by
-    threads and the file by processes. ``clock`` returns epoch seconds.
+    threads and the store by processes. ``clock`` returns epoch seconds.
     """
 
-    def __init__(self, path: str | Path, lease_seconds: float = _DEFAULTS.lease_seconds,
-                 max_attempts: int = _DEFAULTS.max_attempts,
+    def __init__(self, lease_seconds: float = _DEFAULTS.lease_seconds, max_attempts: int = _DEFAULTS.max_attempts,
                  clock: Callable[[], float] = time.time, busy_timeout_s: float = 30.0):
         if lease_seconds <= 0:
             raise InputError("lease_seconds", "must be > 0")
         if max_attempts < 1:
             raise InputError("max_attempts", "must be >= 1")
-        self.path = Path(path)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.clock = clock
         self.busy_timeout_s = busy_timeout_s
         self._init_schema()
 
-    @classmethod
-    def from_params(cls, path: str | Path, params: QueueParams, **kwargs) -> "RequestQueue":
-        return cls(path, lease_seconds=params.lease_seconds, max_attempts=params.max_attempts, **kwargs)
+    # ------------------------------------------------------------ plumbing (each backend)
 
-    # ------------------------------------------------------------ plumbing (SQLite; PostgreSQL overrides these)
-
+    @abstractmethod
     def _init_schema(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            columns = {r["name"] for r in con.execute("PRAGMA table_info(requests)").fetchall()}
-            if columns and "model" not in columns:  # a queue made before the routing columns existed
-                for name in ("model", "kind", "method"):
-                    con.execute(f"ALTER TABLE requests ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
-                    con.execute(f"UPDATE requests SET {name} = coalesce(json_extract(payload, '$.{name}'), 'auto')")
-            con.executescript(_SCHEMA)
+        """Create the ``requests`` and ``events`` tables if missing (safe with concurrent openers)."""
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        try:
-            yield con
-        finally:
-            con.close()
+    @abstractmethod
+    def _connect(self) -> AbstractContextManager[Connection]:
+        """A connection in autocommit mode, for reads."""
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's write lock from its first statement."""
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A write transaction that excludes every other writer from its first statement to its commit."""
+
+    # ------------------------------------------------------------ shared logic
 
     @staticmethod
-    def _row(con: sqlite3.Connection, request_id: str) -> sqlite3.Row:
+    def _row(con: Connection, request_id: str) -> Row:
         row = con.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             raise InputError("request_id", f"no request {request_id!r} in the queue")
         return row
 
-    def _move(self, con: sqlite3.Connection, row: sqlite3.Row, to: str, now: float,
+    def _move(self, con: Connection, row: Row, to: str, now: float,
               worker_id: str | None = None, note: str | None = None, **cols: Any) -> int:
         """Apply one checked transition; returns the id of its event."""
         if to not in TRANSITIONS[row["state"]]:
@@ -202,7 +157,7 @@ class RequestQueue:
         return event
 
     @staticmethod
-    def _current(con: sqlite3.Connection, lease: Lease) -> sqlite3.Row:
+    def _current(con: Connection, lease: Lease) -> Row:
         row = RequestQueue._row(con, lease.request_id)
         if row["state"] != "leased" or row["fence"] != lease.fence:
             raise LeaseLost(f"request {lease.request_id}: lease {lease.fence} of {lease.worker_id!r} "
@@ -378,7 +333,15 @@ class RequestQueue:
                      con.execute("SELECT state, COUNT(*) AS n FROM requests GROUP BY state").fetchall()}
         return {state: found.get(state, 0) for state in STATES}
 
-    def _view(self, row: sqlite3.Row) -> dict[str, Any]:
+    def pending_models(self) -> dict[str, int]:
+        """Requests waiting to be claimed (pending, or leased by a worker whose lease expired), per model."""
+        with self._connect() as con:
+            rows = con.execute("SELECT model, COUNT(*) AS n FROM requests WHERE state = 'pending' OR "
+                               "(state = 'leased' AND lease_expires_at <= ?) GROUP BY model ORDER BY model",
+                               (self.clock(),)).fetchall()
+        return {r["model"]: r["n"] for r in rows}
+
+    def _view(self, row: Row) -> dict[str, Any]:
         return {
             "request_id": row["request_id"],
             "idempotency_key": row["idempotency_key"],

@@ -1,4 +1,4 @@
-"""The request queue on PostgreSQL: the same interface and logic as the embedded SQLite queue.
+"""The request queue on PostgreSQL: the same interface and shared logic as the embedded SQLite queue.
 
 Production runs many workers on many machines against one queue; PostgreSQL gives them a shared,
 durable store. Only the plumbing differs from SQLite: connections (psycopg 3, rows as dicts),
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from unlearn_core.queue import QueueParams, RequestQueue
+from .base import RequestQueue
 
 CLAIM_LOCK = 0x756E6C65  # advisory lock key serialising claims ("unle")
 
@@ -66,14 +66,10 @@ class PostgresRequestQueue(RequestQueue):
 
     def __init__(self, url: str, **kwargs):
         self.url = url
-        super().__init__(url, **kwargs)
+        super().__init__(**kwargs)
 
     def __repr__(self) -> str:  # never print the URL: it may carry a password
         return "PostgresRequestQueue(...)"
-
-    @classmethod
-    def from_params(cls, url: str, params: QueueParams, **kwargs) -> "PostgresRequestQueue":
-        return cls(url, lease_seconds=params.lease_seconds, max_attempts=params.max_attempts, **kwargs)
 
     def _init_schema(self) -> None:
         with self._write() as con:
