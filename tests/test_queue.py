@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -418,3 +419,21 @@ def test_killed_worker_lease_expires_and_its_fence_is_refused(target):
     assert status["state"] == "done" and status["result"] == {"version": "v2"}
     assert [h["note"] for h in status["history"] if h["to"] == "leased"] == [None, "redelivered: lease expired"]
     assert q.claim("survivor-2").request_id == second.request_id
+
+
+def test_runtime_opens_postgres_from_the_environment_else_sqlite_in_the_state_dir(tmp_path, monkeypatch,
+                                                                                  postgres_url):
+    import shutil
+
+    from adapters.runtime import QUEUE_URL_ENV, Runtime
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.delenv(QUEUE_URL_ENV, raising=False)
+    embedded = Runtime(tmp_path).queue
+    assert isinstance(embedded, SqliteRequestQueue) and embedded.path == tmp_path / "queue.db"
+    monkeypatch.setenv(QUEUE_URL_ENV, postgres_url)
+    assert isinstance(Runtime(tmp_path).queue, PostgresRequestQueue)
+    monkeypatch.setenv(QUEUE_URL_ENV, f"sqlite:///{tmp_path}/other.db")  # production setting: PostgreSQL only
+    with pytest.raises(InputError) as info:
+        Runtime(tmp_path).queue
+    assert info.value.field == QUEUE_URL_ENV
