@@ -28,7 +28,7 @@ CLASS_METHODS = ("concept_poison", "lra_npp", "random_labels", "salun", "finetun
 SAMPLE_METHODS = ("salun", "random_labels", "finetune", "neggrad", "ssd")
 SEED_METHODS = {"class": ("concept_poison", "lra_npp"), "samples": ("salun",)}
 METRICS = ("forget_acc", "UA", "RA", "TA", "TA_retained", "TA_forget", "At", "Ag", "MIA_efficacy", "Fr", "Fr_member",
-           "avg_gap", "time_s", "speedup_vs_retrain", "peak_mem_mb")
+           "avg_gap", "time_s", "speedup_vs_retrain", "peak_mem_mb", "n_forget")
 SHOWN = ("forget_acc", "RA", "TA", "At", "Ag", "MIA_efficacy", "Fr", "Fr_member", "avg_gap", "time_s",
          "speedup_vs_retrain")
 CLASS_ONLY = ("At", "Ag", "Fr", "Fr_member")
@@ -74,7 +74,7 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
                 report = classifier_report(model, ds.train, ds.test, forget_mask, forget_class,
                                            original=base if kind == "class" else None, seed=seed)
                 report.pop("Fs", None)
-                return {"scenario": name, "kind": kind, "method": method, "seed": seed,
+                return {"scenario": name, "kind": kind, "method": method, "seed": seed, "n_forget": int(forget_mask.sum()),
                         "forget_acc": 1.0 - report["UA"], **report, "time_s": time_s, "peak_mem_mb": mem / 2**20}
 
             retrain_model, res = get_method("retrain")(base, train_p, device).unlearn(request)
@@ -158,8 +158,18 @@ def _targets(summary: list[dict]) -> list[tuple[str, bool, float]]:
                    ("concept_poison: >= 10x faster than retrain", sp >= 10, sp)]
     for scen in sorted({s["scenario"] for s in summary if s["kind"] == "samples"}):
         g = 100 * mean("salun", "avg_gap", scenario=scen)
+        g_original = 100 * mean("original", "avg_gap", scenario=scen)
         sp = mean("salun", "speedup_vs_retrain", scenario=scen)
+        # forget-set accuracy within two binomial standard errors of retraining's (n = |D_f|)
+        p_retrain, n = mean("retrain", "forget_acc", scenario=scen), mean("retrain", "n_forget", scenario=scen)
+        off = abs(mean("salun", "forget_acc", scenario=scen) - p_retrain)
+        two_se = 2 * math.sqrt(p_retrain * (1 - p_retrain) / n)
         checks += [(f"salun {scen}: Avg. Gap to retrain <= 2.0 pts", g <= 2.0, g),
+                   (f"salun {scen}: Avg. Gap >= 30% below the original's ({g_original:.3g} pts)",
+                    g <= 0.7 * g_original, g / g_original if g_original else float("nan")),
+                   (f"salun {scen}: forget-set accuracy within 2 binomial SE ({two_se:.3g}) of retrain's "
+                    f"(the original is off by {abs(mean('original', 'forget_acc', scenario=scen) - p_retrain):.3g})",
+                    off <= two_se, off),
                    (f"salun {scen}: >= 10x faster than retrain", sp >= 10, sp)]
     return checks
 
