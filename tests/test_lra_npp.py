@@ -38,8 +38,23 @@ def test_lra_npp_forgets_class_and_keeps_retained_accuracy(mnist, trained_cnn):
     changed = (model.head.weight != trained_cnn.head.weight).nonzero()
     assert set(changed[:, 0].tolist()) == {FORGET}
     assert sorted(changed[:, 1].tolist()) == sorted(result.details["path"])
-    assert len(result.details["path"]) == 80
+    assert 80 <= len(result.details["path"]) == result.details["path_size"] <= 400
     assert result.time_s > 0 and result.method == "lra_npp"
+
+
+def test_adaptive_path_grows_until_the_class_is_forgotten(mnist, trained_cnn):
+    """A small fixed path leaves the class partly recognised; the adaptive one grows past it."""
+    forget_train, _ = split_by_class(mnist.train, FORGET)
+    fixed, fixed_result = get_method("lra_npp")(
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10}, device="cpu").unlearn(class_request(mnist))
+    adaptive, result = get_method("lra_npp")(
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 400}, device="cpu").unlearn(class_request(mnist))
+    assert fixed_result.details["path_size"] == 10
+    assert acc(fixed, forget_train) > 0.02
+    assert 10 < result.details["path_size"] <= 400
+    assert result.details["substitute_recognised_after"] == 0.0
+    assert acc(adaptive, forget_train) <= 0.02
+    assert fixed_result.details["path"] == result.details["path"][:10]  # the path grows, it is not re-chosen
 
 
 def test_scope_all_classes_zeroes_the_path_columns(mnist, trained_cnn):

@@ -147,3 +147,34 @@ def test_concept_poison_rejects_sample_requests_and_bad_config(trained_cnn, slic
     with pytest.raises(InputError) as err:
         get_method("salun")(trained_cnn, {"saliency_fraction": 1.5}, "cpu")
     assert err.value.field.startswith("salun.saliency_fraction")
+
+
+def forget_gradients(model, forget):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(forget.x), forget.y, reduction="sum").backward()
+    grads = {n: p.grad.detach().abs().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_saliency_mask_keeps_half_of_the_weights_that_receive_gradient(trained_cnn, slices):
+    train, _ = slices
+    request = sample_request(train)
+    grads = forget_gradients(trained_cnn, request.forget)
+    graded = sum(int((g > 0).sum()) for g in grads.values())
+    total = sum(g.numel() for g in grads.values())
+    assert graded < 0.5 * total  # why a threshold over all weights was a no-op on this CNN
+    mask = saliency_mask(trained_cnn, request.forget, 0.5)
+    kept = sum(int(m.sum()) for m in mask.values())
+    assert kept / graded == pytest.approx(0.5, abs=0.02)
+    assert all(not (m & (grads[n] == 0)).any() for n, m in mask.items())  # never a weight without gradient
+
+
+def test_salun_and_random_labels_now_differ(trained_cnn, slices):
+    train, _ = slices
+    request = sample_request(train)
+    salun, _ = get_method("salun")(trained_cnn, {"lr": 0.01}, "cpu").unlearn(request)
+    plain, _ = get_method("random_labels")(trained_cnn, {"lr": 0.01}, "cpu").unlearn(request)
+    differ = [n for n, p in salun.named_parameters() if not torch.equal(p, dict(plain.named_parameters())[n])]
+    assert differ
+    assert not torch.equal(predict_logits(salun, request.forget.x), predict_logits(plain, request.forget.x))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from unlearn_core.data import Split
-from unlearn_core.metrics import acc, avg_gap, classifier_report, fs_score, measure, mia_efficacy
+from unlearn_core.metrics import acc, avg_gap, classifier_report, fr_score, fs_score, measure, mia_efficacy
 
 
 class FixedLogits(nn.Module):
@@ -75,3 +75,43 @@ def test_measure_reports_time_and_memory():
     assert cost.time_s > 0
     assert cost.peak_mem_bytes >= 32 * 2**20
     del block
+
+
+def _fr_fixture():
+    """Class 0 (members) sits at logit pattern [6, 0, 0]; the other classes at [0, 6, 0] / [0, 0, 6]."""
+    rng = np.random.default_rng(0)
+    jitter = lambda n: rng.normal(0, 0.3, size=(n, 3))  # noqa: E731
+    logits = np.concatenate([[6, 0, 0] + jitter(30), [0, 6, 0] + jitter(15), [0, 0, 6] + jitter(15)])
+    return split_from_logits(logits.tolist(), [0] * 30 + [1] * 15 + [2] * 15)
+
+
+class Forgetful(nn.Module):
+    """An 'unlearned' model that answers class-0 inputs like another class (shifts the first logit)."""
+
+    def forward(self, x):
+        logits = x.flatten(1)[:, :3].clone()
+        was_zero = logits[:, 0] > 3
+        logits[was_zero] = torch.tensor([0.0, 6.0, 0.0])
+        return logits
+
+
+def test_fr_is_zero_for_the_original_and_one_when_class_c_looks_like_other_classes():
+    train = _fr_fixture()
+    original = FixedLogits()
+    assert fr_score(original, original, train, forget_class=0) == 0.0
+    assert fr_score(original, Forgetful(), train, forget_class=0) == 1.0
+
+
+def test_classifier_report_carries_fr_fr_member_and_authors_at_ag():
+    train = _fr_fixture()
+    # test split: ten class-0 images, then other classes with 2 of 3 right
+    test = split_from_logits([[6, 0, 0]] * 10 + [[0, 6, 0], [0, 0, 6], [0, 0, 6]], [0] * 10 + [1, 2, 1])
+    mask = (train.y == 0).numpy()
+    report = classifier_report(Forgetful(), train, test, mask, forget_class=0, original=FixedLogits())
+    assert report["Fr"] == 1.0
+    assert 0.0 <= report["Fr_member"] <= 1.0
+    assert report["At"] == report["TA_forget"] == 0.0  # Forgetful predicts 1 for every class-0 image
+    assert report["Ag"] == report["TA_retained"] == pytest.approx(2 / 3)
+    on_train = classifier_report(Forgetful(), train, test, mask, forget_class=0, original=FixedLogits(),
+                                 at_ag_split="train")
+    assert on_train["At"] == 0.0 and on_train["Ag"] == 1.0

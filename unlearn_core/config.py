@@ -40,6 +40,9 @@ class LraNppParams(_Section):
     n_analysis: int = Field(36, ge=1)
     analyze_top_n: int = Field(50, ge=1)
     perturb_top_n: int = Field(80, ge=1)
+    max_perturb_top_n: int = Field(400, ge=1)  # adaptive path: upper bound; = perturb_top_n turns growth off
+    path_step: int = Field(40, ge=1)           # neurons added per growth step
+    recognised_max: float = Field(0.0, ge=0, le=1)  # stop growing once <= this share of substitutes is predicted c
     epsilon: float = Field(0.1, gt=0)
     perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
     scope: Literal["class_row", "all_classes", "with_incoming"] = "class_row"

@@ -19,12 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import SVC
 
 from .data import Split
 from .training import predict_logits
 
 FR_MAX_MEMBERS = 1500
+FR_MAX_PROBES = 2000
 
 
 def softmax(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -90,35 +91,48 @@ def _mia(retain: Scored, forget: Scored, test: Scored, seed: int) -> float:
     return float(1.0 - clf.predict(forget.confidence()[:, None]).mean())
 
 
-def fr_score(original: nn.Module, unlearned: nn.Module, class_train: Split, class_test: Split,
+def fr_score(original: nn.Module, unlearned: nn.Module, train: Split, forget_class: int,
              seed: int = 0) -> float:
-    """Fr: share of class-c training samples judged non-member by an attack
-    trained on the ORIGINAL model's softmax (members: class-c train, up to
-    1,500; non-members: class-c test), applied to the unlearned model."""
-    return _fr(original, class_train, class_test, Scored.of(unlearned, class_train).probs(), seed)
+    """Fr (LRA-NPP / concept papers): share of class-c training samples that an
+    attack fitted on the ORIGINAL model's softmax calls non-member.
+
+    Members: up to 1,500 random class-c training samples; non-members: as many
+    random training samples of the OTHER classes. The attack is applied to the
+    unlearned model's softmax on up to 2,000 random class-c training samples.
+    Higher is better: retrain ~1.0, original ~0.0.
+    """
+    in_class = (train.y == forget_class).numpy()
+    return _fr(original, train.subset(np.flatnonzero(in_class)), train.subset(np.flatnonzero(~in_class)),
+               lambda s: softmax(unlearned, s.x), seed)
 
 
-def _fr(original: nn.Module, class_train: Split, class_test: Split, unlearned_probs: np.ndarray,
-        seed: int) -> float:
+def fr_member_score(original: nn.Module, unlearned: nn.Module, class_train: Split, class_test: Split,
+                    seed: int = 0) -> float:
+    """Fr_member (secondary, never gated): the Fr attack with non-members = class-c
+    TEST samples; near-chance and unstable even for exact retraining."""
+    return _fr(original, class_train, class_test, lambda s: softmax(unlearned, s.x), seed)
+
+
+def _fr(original: nn.Module, class_train: Split, non_members: Split, unlearned_probs, seed: int) -> float:
+    """Linear-SVM membership attack on the original model's softmax, applied to the
+    unlearned model's softmax (``unlearned_probs(split)``) on class-c training samples."""
     rng = np.random.default_rng(seed)
-    members = class_train
-    if len(members) > FR_MAX_MEMBERS:
-        members = members.subset(rng.choice(len(members), FR_MAX_MEMBERS, replace=False))
-    feats = np.concatenate([softmax(original, members.x), softmax(original, class_test.x)])
-    labels = np.concatenate([np.ones(len(members)), np.zeros(len(class_test))])
-    attack = make_pipeline(StandardScaler(), LinearSVC(dual="auto", max_iter=20000, random_state=seed))
-    attack.fit(feats, labels)
-    return float(1.0 - attack.predict(unlearned_probs).mean())
+    n = min(len(class_train), FR_MAX_MEMBERS, len(non_members))
+    members = class_train.subset(rng.choice(len(class_train), n, replace=False))
+    others = non_members.subset(rng.choice(len(non_members), n, replace=False))
+    feats = np.concatenate([softmax(original, members.x), softmax(original, others.x)])
+    labels = np.concatenate([np.ones(n), np.zeros(n)])
+    attack = make_pipeline(StandardScaler(), SVC(kernel="linear", C=1.0, random_state=42)).fit(feats, labels)
+    probe = class_train.subset(rng.choice(len(class_train), min(len(class_train), FR_MAX_PROBES), replace=False))
+    return float(1.0 - attack.predict(unlearned_probs(probe)).mean())
 
 
 def fs_score(unlearned: nn.Module, class_train: Split, class_test: Split, seed: int = 0) -> float:
-    """Fs: |accuracy - 0.5| of a logistic-regression attack on per-sample
-    cross-entropy, members = class-c train, non-members = class-c test,
-    10-split stratified shuffle cross-validation.
-
-    Interpretation: members are subsampled to the number of non-members so
-    that 0.5 is the chance level the formula assumes.
-    """
+    """Fs: |mean accuracy - 0.5| of ``LogisticRegression(max_iter=1000)`` on the
+    unlearned model's per-sample cross-entropy, members = class-c train,
+    non-members = class-c test, balanced to n = min of the two,
+    ``StratifiedShuffleSplit(n_splits=10, test_size=0.1, random_state=42)``.
+    Lower is better."""
     return _fs(Scored.of(unlearned, class_train), Scored.of(unlearned, class_test), seed)
 
 
@@ -129,9 +143,16 @@ def _fs(class_train: Scored, class_test: Scored, seed: int) -> float:
     non_members = class_test.subset(rng.choice(len(class_test), n, replace=False))
     feats = np.concatenate([members.losses(), non_members.losses()])[:, None]
     labels = np.concatenate([np.ones(n), np.zeros(n)])
-    cv = StratifiedShuffleSplit(n_splits=10, test_size=0.3, random_state=seed)
-    scores = cross_val_score(LogisticRegression(), feats, labels, cv=cv, scoring="accuracy")
+    cv = StratifiedShuffleSplit(n_splits=10, test_size=0.1, random_state=42)
+    scores = cross_val_score(LogisticRegression(max_iter=1000), feats, labels, cv=cv, scoring="accuracy")
     return float(abs(scores.mean() - 0.5))
+
+
+def _probs_by_id(scored: Scored):
+    """The unlearned model's softmax on any subset of ``scored`` (by sample id), without a new forward pass."""
+    row_of = {sid: i for i, sid in enumerate(scored.split.ids)}
+    probs = scored.probs()
+    return lambda split: probs[[row_of[sid] for sid in split.ids]]
 
 
 def avg_gap(method: dict, retrain: dict, keys=("UA", "MIA_efficacy", "RA", "TA")) -> float:
@@ -141,8 +162,9 @@ def avg_gap(method: dict, retrain: dict, keys=("UA", "MIA_efficacy", "RA", "TA")
 
 def classifier_report(model: nn.Module, train: Split, test: Split, forget_mask: np.ndarray,
                       forget_class: int | None = None, original: nn.Module | None = None,
-                      seed: int = 0, scored: tuple[Scored, Scored] | None = None) -> dict:
-    """UA, RA, TA (+ per-class TA, Fr, Fs for class unlearning) and MIA-Efficacy.
+                      seed: int = 0, scored: tuple[Scored, Scored] | None = None,
+                      at_ag_split: str = "test") -> dict:
+    """UA, RA, TA (+ per-class TA, At/Ag, Fr, Fr_member, Fs for class unlearning) and MIA-Efficacy.
 
     One forward pass over train and one over test (or ``scored``: the model's logits on both,
     computed before); every metric reads those logits.
@@ -161,8 +183,17 @@ def classifier_report(model: nn.Module, train: Split, test: Split, forget_mask: 
         class_train = scored_train.where((train.y == forget_class).numpy())
         report["TA_retained"] = scored_test.where(~in_class).acc()
         report["TA_forget"] = class_test.acc()
+        # At / Ag as the LRA-NPP authors report them: class-c / other-class accuracy on
+        # the TEST split for MNIST-like data, on the TRAIN split for CIFAR-10.
+        if at_ag_split == "train":
+            report["At"], report["Ag"] = class_train.acc(), retain.acc()
+        else:
+            report["At"], report["Ag"] = report["TA_forget"], report["TA_retained"]
         if original is not None:
-            report["Fr"] = _fr(original, class_train.split, class_test.split, class_train.probs(), seed)
+            unlearned_probs = _probs_by_id(scored_train)
+            others = scored_train.where((train.y != forget_class).numpy()).split
+            report["Fr"] = _fr(original, class_train.split, others, unlearned_probs, seed)
+            report["Fr_member"] = _fr(original, class_train.split, class_test.split, unlearned_probs, seed)
         report["Fs"] = _fs(class_train, class_test, seed)
     return report
 

@@ -46,12 +46,15 @@ def neuronal_path(relevance: torch.Tensor, analyze_top_n: int, perturb_top_n: in
     """Neurons most often among each image's top-``analyze_top_n`` by relevance.
 
     Returns the path (``perturb_top_n`` neurons, most frequent first, ties by
-    index) and the per-neuron frequency counts.
+    total relevance, then index) and the per-neuron frequency counts. The
+    relevance tie-break orders the neurons an adaptive path grows into beyond
+    the analysed top (all with frequency 0).
     """
     n_neurons = relevance.shape[1]
     top = relevance.topk(min(analyze_top_n, n_neurons), dim=1).indices
     counts = np.bincount(top.flatten().cpu().numpy(), minlength=n_neurons)
-    order = np.lexsort((np.arange(n_neurons), -counts))
+    total = relevance.sum(0).cpu().numpy()
+    order = np.lexsort((np.arange(n_neurons), -total, -counts))
     return order[:min(perturb_top_n, n_neurons)].tolist(), counts
 
 
@@ -97,15 +100,38 @@ class LraNpp(UnlearnMethod):
             predicted = model.head(features).argmax(1)
         target = predicted if p.start_from == "predicted" else torch.full_like(predicted, c)
         relevance = head_relevance(model.head, features, target, p.epsilon)
-        path, counts = neuronal_path(relevance, p.analyze_top_n, p.perturb_top_n)
-        self._perturb(model, c, path, request.seed)
+        ranked, counts = neuronal_path(relevance, p.analyze_top_n, model.head.in_features)
+        path, recognised = self._adaptive_path(model, c, ranked, request)
         return model, {
             "forget_class": c,
             "n_analysis": len(images),
+            "path_size": len(path),
             "path": path,
             "path_frequency": counts[path].tolist(),
             "substitute_predicted_as_class": float((predicted == c).float().mean()),
+            "substitute_recognised_after": recognised,
         }
+
+    def _adaptive_path(self, model: nn.Module, c: int, ranked: list[int],
+                       request: ForgetRequest) -> tuple[list[int], float]:
+        """Perturb the top ``perturb_top_n`` of ``ranked``; while more than
+        ``recognised_max`` of the substitute images are still predicted as c, restore
+        and retry with ``path_step`` more neurons, up to ``max_perturb_top_n``.
+        Returns the path used and the share of substitutes still predicted as c."""
+        p = self.params
+        limit = min(max(p.max_perturb_top_n, p.perturb_top_n), len(ranked))
+        size = min(p.perturb_top_n, limit)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        substitute = request.substitute.to(self.device)
+        while True:
+            path = ranked[:size]
+            self._perturb(model, c, path, request.seed)
+            with torch.no_grad():
+                recognised = float((model(substitute).argmax(1) == c).float().mean())
+            if recognised <= p.recognised_max or size >= limit:
+                return path, recognised
+            model.load_state_dict(saved)
+            size = min(size + p.path_step, limit)
 
     @torch.no_grad()
     def _perturb(self, model: nn.Module, c: int, path: list[int], seed: int) -> None:

@@ -36,7 +36,12 @@ def random_other_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator)
 
 def saliency_mask(model: nn.Module, forget: Split, fraction: float, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """SalUn weight saliency: True for the ``fraction`` of weights (global ranking)
-    with the largest forget-loss gradient magnitude; only those are updated."""
+    with the largest forget-loss gradient magnitude; only those are updated.
+
+    The ranking is taken among weights whose gradient is non-zero: on a ReLU CNN
+    over half of the weights get exactly zero forget gradient (dead units, unused
+    pixels), so a threshold over all weights lands on 0 and the mask keeps every
+    weight that can move, i.e. no mask at all."""
     device = next(model.parameters()).device
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -46,10 +51,15 @@ def saliency_mask(model: nn.Module, forget: Split, fraction: float, batch_size: 
         (F.cross_entropy(model(xb), yb, reduction="sum") / len(forget)).backward()
     grads = {n: p.grad.detach().abs() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    flat = torch.cat([g.flatten() for g in grads.values()])
-    k = max(1, int(round(len(flat) * (1.0 - fraction))))
-    threshold = flat.kthvalue(k).values if k < len(flat) else flat.max()
-    return {n: g > threshold if fraction < 1.0 else torch.ones_like(g, dtype=torch.bool) for n, g in grads.items()}
+    if fraction >= 1.0:
+        return {n: torch.ones_like(g, dtype=torch.bool) for n, g in grads.items()}
+    graded = torch.cat([g.flatten() for g in grads.values()])
+    graded = graded[graded > 0]
+    if len(graded) == 0:
+        return {n: torch.zeros_like(g, dtype=torch.bool) for n, g in grads.items()}
+    k = int(round(len(graded) * (1.0 - fraction)))
+    threshold = graded.kthvalue(k).values if k >= 1 else graded.new_zeros(())
+    return {n: g > threshold for n, g in grads.items()}
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
