@@ -38,6 +38,7 @@ from typing import Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from unlearn_core.data import is_dataset_dir
 from unlearn_core.errors import InputError
 
 REMOTE = "storage"
@@ -287,8 +288,8 @@ class RegistryWorkspace:
         assign ``prod``."""
         data_dir, model_path = Path(data_dir), Path(model_path)
         self._check_name(model_name)
-        if not (data_dir / "manifest.csv").is_file():
-            raise InputError("data_dir", f"{data_dir} is not a dataset directory (no manifest.csv)")
+        if not is_dataset_dir(data_dir):
+            raise InputError("data_dir", f"{data_dir} is not a dataset directory (no shards/ and tombstones.csv)")
         if not model_path.is_file():
             raise InputError("model_path", f"{model_path} is not a file")
         if self.exists():

@@ -331,7 +331,7 @@ class Verifier:
         return data
 
     def check_deletion(self) -> None:
-        from unlearn_core.data import hash_images, read_manifest, read_tombstones
+        from unlearn_core.data import hash_images, load_images, read_manifest, read_tombstones
 
         ids = sorted(self.receipt.get("deleted_sample_ids") or [])
         in_version = set(self.version.lineage.get("deleted_sample_ids") or [])
@@ -347,7 +347,7 @@ class Verifier:
                 continue
             stones = {t["sample_id"] for t in read_tombstones(data)}
             listed = {r["sample_id"] for r in read_manifest(data)}
-            present = set(hash_images(np.load(data / "images.npy")))
+            present = set(hash_images(load_images(data)[0]))
             for sid in ids:
                 if sid not in stones:
                     raise ClaimFailed("deletion", f"{sid[:12]}... is not tombstoned in data {sha[:10]}")

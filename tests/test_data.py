@@ -9,19 +9,22 @@ import pytest
 from PIL import Image
 
 from unlearn_core.data import (build_mnist5k, hash_images, load_cifar10_folder, load_dataset,
-                               load_image_folder, load_mnist_folder, read_manifest, read_tombstones,
-                               tombstone)
+                               load_image_folder, load_images, load_mnist_folder, read_manifest,
+                               read_tombstones, tombstone, write_dataset)
 from unlearn_core.errors import InputError
 
 
 def test_build_is_byte_deterministic(mnist_dir, tmp_path):
     again = build_mnist5k(tmp_path / "again")
-    for name in ("images.npy", "labels.npy", "manifest.csv", "tombstones.csv"):
+    files = sorted(p.relative_to(mnist_dir) for p in mnist_dir.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert len(files) == 3 * 10 + 1  # 5,000 rows in 512-row shards (whole subjects), + tombstones.csv
+    for name in files:
         assert (again / name).read_bytes() == (mnist_dir / name).read_bytes(), name
 
 
 def test_manifest_ids_are_content_hashes_and_split_is_stratified(mnist_dir, mnist):
-    images = np.load(mnist_dir / "images.npy")
+    images = load_images(mnist_dir)[0]
     manifest = read_manifest(mnist_dir)
     assert len(manifest) == len(images) == 5000
     assert [r["sample_id"] for r in manifest[:20]] == hash_images(images[:20])
@@ -47,12 +50,40 @@ def test_tombstone_removes_bytes_and_hides_ids(mnist_dir, tmp_path):
     assert len(after.train) == len(before.train) - 3
     assert not set(doomed) & after.all_ids()
     assert {t["sample_id"] for t in read_tombstones(work)} == set(doomed)
-    raw = (work / "images.npy").read_bytes()
+    raw = b"".join(p.read_bytes() for p in work.glob("shards/*/images.npy"))
     assert all(b not in raw for b in doomed_bytes)
     # idempotent: tombstoning the same ids again removes nothing more
     assert tombstone(work, doomed, request_id="req-2") == 0
     assert len(read_tombstones(work)) == 3
 
+
+
+def test_a_subject_deletion_rewrites_one_shard_and_keeps_the_load_order(mnist_dir, tmp_path):
+    work = build_mnist5k(tmp_path / "d")
+    before = {p.relative_to(work): p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    old = load_dataset(work)
+    subject = old.train.subjects[7]
+    doomed = old.train.ids[old.train.subjects == subject]
+    assert tombstone(work, doomed, request_id="req-1") == 5
+    after = {p.relative_to(work): p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    changed = sorted(str(k) for k in before if before[k] != after.get(k))
+    assert len(changed) == 4, changed  # one shard's images, labels and manifest + tombstones.csv
+    assert changed[-1] == "tombstones.csv" and len({k.rsplit("/", 1)[0] for k in changed[:3]}) == 1
+    new = load_dataset(work)  # the surviving samples keep their order, so training sees the same sequence
+    keep = ~np.isin(old.train.ids, doomed)
+    assert (new.train.ids == old.train.ids[keep]).all()
+    assert (new.train.x == old.train.x[keep]).all()
+
+
+def test_an_emptied_shard_is_removed(tmp_path):
+    images = np.arange(6 * 4, dtype=np.uint8).reshape(6, 1, 2, 2)
+    rows = [{"sample_id": f"s{i}", "label": i % 2, "split": "train", "subject_id": f"p{i // 2}"} for i in range(6)]
+    out = write_dataset(tmp_path / "d", images, np.arange(6) % 2, rows, tombstones=[], shard_rows=2)
+    assert len(list(out.glob("shards/*"))) == 3
+    assert tombstone(out, ["s2", "s3"], "req") == 2
+    assert len(list(out.glob("shards/*"))) == 2
+    assert [r["sample_id"] for r in read_manifest(out)] == ["s0", "s1", "s4", "s5"]
+    assert load_images(out)[0].tolist() == images[[0, 1, 4, 5]].tolist()
 
 def _write_idx(path, array, magic_type=0x08):
     header = struct.pack(">HBB", 0, magic_type, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import yaml
 from flows.submit import submit_payload
 from flows.process_request import process_request
 from flows.watch_queue import watch_queue
-from unlearn_core.data import load_dataset, read_manifest
+from unlearn_core.data import load_dataset, load_images, read_manifest
 from unlearn_core.errors import InputError
 
 FORGET_CLASS = 3
@@ -35,9 +36,13 @@ def class_payload(rt, **extra) -> bytes:
     return json.dumps(body).encode()
 
 
+def stored_image_bytes(data_dir) -> bytes:
+    """Every image byte a dataset directory stores, all shards."""
+    return b"".join(p.read_bytes() for p in sorted(Path(data_dir).glob("shards/*/images.npy")))
+
 def forgotten_bytes(rt, ids) -> list[bytes]:
     """Raw image bytes of the given samples, read before they are deleted."""
-    images = np.load(rt.registry.data_dir() / "images.npy")
+    images = load_images(rt.registry.data_dir())[0]
     rows = {r["sample_id"]: r["row"] for r in read_manifest(rt.registry.data_dir())}
     return [images[rows[i]].tobytes() for i in ids]
 
@@ -73,7 +78,7 @@ def test_class_deletion_end_to_end(pipeline, tmp_path, caplog):
     assert prod.lineage["request_id"] == request_id and prod.lineage["gates"]["passed"]
     # the new dataset version no longer holds the class's training samples, by id or by bytes
     assert not set(doomed) & {r["sample_id"] for r in read_manifest(rt.registry.data_dir())}
-    assert_no_sample_bytes((rt.registry.data_dir() / "images.npy").read_bytes(), doomed_bytes)
+    assert_no_sample_bytes(stored_image_bytes(rt.registry.data_dir()), doomed_bytes)
     # a fresh clone + dvc pull from the bucket reproduces the exact model bytes
     clone = rt.registry.clone_and_pull(tmp_path / "clone")
     assert (clone / "models" / "mnist-cnn" / "model.pt").read_bytes() == rt.registry.model_path("mnist-cnn").read_bytes()
@@ -99,7 +104,7 @@ def test_substitute_from_training_set_is_rejected_and_nothing_changes(pipeline):
     name = write_substitute(rt, "leaky.npz", leak_training=3)
     payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
                           "forget": {"class": FORGET_CLASS}, "substitute": name}).encode()
-    before_data = (rt.registry.data_dir() / "images.npy").read_bytes()
+    before_data = stored_image_bytes(rt.registry.data_dir())
     request_id, _ = submit_payload(rt, payload)
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome["status"] == "rejected"
@@ -109,7 +114,7 @@ def test_substitute_from_training_set_is_rejected_and_nothing_changes(pipeline):
     assert any(r["column"] == "in_train" for r in failed), failed
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1"]
     assert rt.registry.prod("mnist-cnn").semver == "v0.0.1"
-    assert (rt.registry.data_dir() / "images.npy").read_bytes() == before_data
+    assert stored_image_bytes(rt.registry.data_dir()) == before_data
 
 
 @pytest.mark.parametrize("payload, field", [

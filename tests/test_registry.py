@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adapters.registry import DuplicateVersion, ParentMoved, Superseded, PromoteError, PushError, RegistryWorkspace
-from unlearn_core.data import load_dataset, read_manifest, tombstone
+from unlearn_core.data import load_dataset, load_images, read_manifest, tombstone
 from unlearn_core.errors import InputError
 
 NAME = "mnist-cnn"
@@ -50,9 +50,9 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     # the new dataset version no longer holds the deleted samples' bytes
     new = load_dataset(ws.data_dir())
     assert not set(forget_ids) & new.all_ids()
-    old_images = np.load(mnist_dir / "images.npy")
+    old_images = load_images(mnist_dir)[0]
     rows = [r["row"] for r in read_manifest(mnist_dir) if r["sample_id"] in forget_ids]
-    raw = (ws.data_dir() / "images.npy").read_bytes()
+    raw = stored_image_bytes(ws.data_dir())
     assert all(old_images[r].tobytes() not in raw for r in rows)
     assert v2.data_md5 != v1.data_md5 and v2.model_md5 != v1.model_md5
 
@@ -128,7 +128,7 @@ def test_bad_input_writes_nothing(versioned, tmp_path, s3):
         ws.init_from(ws.data_dir(), model, NAME, {})
 
     def broken_change(data_dir):
-        (data_dir / "images.npy").write_bytes(b"half-written")
+        next(data_dir.glob("shards/*/images.npy")).write_bytes(b"half-written")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
@@ -226,15 +226,21 @@ def test_purge_keeps_the_data_of_another_models_unpromoted_version(tmp_path, s3,
 def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, mnist_dir, s3):
     ws, v1, v2, tmp = versioned
     ws.push()
-    old_images = _md5_of(mnist_dir / "images.npy")
+    touched = {r["shard"] for r in _rows_by_shard(mnist_dir) if r["sample_id"] in forget_ids}
+    old_images = [_md5_of(mnist_dir / "shards" / s / "images.npy") for s in sorted(touched)]
+    untouched = next(s for s in sorted(p.name for p in (mnist_dir / "shards").iterdir()) if s not in touched)
+    shared = _md5_of(mnist_dir / "shards" / untouched / "images.npy")
     client = s3.client()
-    key = f"registry/files/md5/{old_images[:2]}/{old_images[2:]}"
-    assert client.head_object(Bucket=s3.bucket, Key=key)  # v0.0.1's images, deleted samples included
+    key = lambda md5: f"registry/files/md5/{md5[:2]}/{md5[2:]}"  # noqa: E731
+    for md5 in old_images:  # v0.0.1's shards that held the deleted samples
+        assert client.head_object(Bucket=s3.bucket, Key=key(md5))
     erased = ws.purge_superseded_data()
-    assert old_images in erased
-    with pytest.raises(Exception, match="404|Not Found"):
-        client.head_object(Bucket=s3.bucket, Key=key)
-    assert not (ws.path / ".dvc/cache/files/md5" / old_images[:2] / old_images[2:]).exists()
+    assert set(old_images) <= set(erased) and shared not in erased
+    for md5 in old_images:
+        with pytest.raises(Exception, match="404|Not Found"):
+            client.head_object(Bucket=s3.bucket, Key=key(md5))
+        assert not (ws.path / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).exists()
+    assert client.head_object(Bucket=s3.bucket, Key=key(shared))  # a shard both versions share stays
     with pytest.raises(PromoteError, match="not promoted"):
         ws.promote(NAME, v1)  # superseded, and its data is erased: never prod again
     current = ws.clone_and_pull(tmp / "after-purge")  # the current dataset still pulls in full
@@ -262,3 +268,15 @@ def test_a_writer_killed_mid_commit_is_undone_by_the_next(tmp_path, s3, mnist_di
     ids = load_dataset(ws.data_dir()).all_ids()
     assert forget_ids[0] in ids and forget_ids[1] in ids and forget_ids[2] not in ids
     assert not (ws.path / ".git" / "index.lock").exists() and not (tmp_path / ".ws.writing").exists()
+
+
+def stored_image_bytes(data_dir) -> bytes:
+    """Every image byte a dataset directory stores, all shards."""
+    return b"".join(p.read_bytes() for p in sorted(Path(data_dir).glob("shards/*/images.npy")))
+
+
+def _rows_by_shard(data_dir: Path) -> list[dict]:
+    import csv
+
+    return [{**row, "shard": shard.name} for shard in sorted((data_dir / "shards").iterdir())
+            for row in csv.DictReader(open(shard / "manifest.csv", newline=""))]

