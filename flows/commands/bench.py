@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lra.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
     lra.add_argument("--out", required=True, help="output directory")
     lra.set_defaults(handler=_lra_npp)
+    storage = kinds.add_parser("storage", help="bytes one subject deletion adds to the DVC remote: shards vs one file")
+    storage.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
+    storage.add_argument("--subjects", type=int, default=1, help="subjects deleted in the one request")
+    storage.add_argument("--out", required=True, help="output directory")
+    storage.set_defaults(handler=_storage)
     # the other benchmark groups add their own ``unlearn bench NAME`` sub-commands
     from flows.commands import bench_classifiers, bench_gan, bench_pipeline
 
@@ -42,4 +47,18 @@ def _lra_npp(args) -> int:
                       progress=lambda s, c: print(f"seed {s} class {c} done", flush=True))
     print(open(out["paths"]["markdown"]).read())
     print("wrote", ", ".join(out["paths"].values()))
+    return 0
+
+
+def _storage(args) -> int:
+    from flows.bench_storage import run
+    from unlearn_core.data import is_dataset_dir
+    from unlearn_core.errors import InputError
+
+    if args.subjects < 1:
+        raise InputError("--subjects", "must be >= 1")
+    if args.data and not is_dataset_dir(args.data):
+        raise InputError("--data", f"{args.data} is not a dataset directory (see `unlearn data`)")
+    out = run(args.out, args.data, args.subjects)
+    print(open(out["paths"]["markdown"]).read())
     return 0
