@@ -23,9 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     storage.add_argument("--out", required=True, help="output directory")
     storage.set_defaults(handler=_storage)
     # the other benchmark groups add their own ``unlearn bench NAME`` sub-commands
-    from flows.commands import bench_classifiers, bench_gan, bench_pipeline
+    from flows.commands import bench_classifiers, bench_gan, bench_llm, bench_pipeline
 
-    for group in (bench_classifiers, bench_gan, bench_pipeline):
+    for group in (bench_classifiers, bench_gan, bench_llm, bench_pipeline):
         group.register_bench(kinds)
 
 

@@ -18,6 +18,10 @@ _CLASSES = {
     "random_labels": "random_labels:RandomLabels", "salun": "salun:SalUn", "finetune": "finetune:Finetune",
     "neggrad": "neggrad:NegGrad", "ssd": "ssd:Ssd", "cascade_gan": "cascade_gan:CascadeGan",
     "retrain_gan": "retrain_gan:RetrainGan",
+    # language models (unlearn_core.lm)
+    "lm_concept_poison": "lm_concept_poison:LmConceptPoison", "lm_random_poison": "lm_random_poison:LmRandomPoison",
+    "grad_ascent": "grad_ascent:GradAscent", "grad_diff": "grad_diff:GradDiff", "npo": "npo:Npo",
+    "simnpo": "simnpo:SimNpo", "idk_dpo": "idk_dpo:IdkDpo", "lm_retrain": "lm_retrain:LmRetrain",
 }
 METHODS: frozenset[str] = frozenset(_CLASSES)
 
