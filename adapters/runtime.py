@@ -49,6 +49,7 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     family: str = "classifier"
     arch: str = "mnist_cnn"
+    train_on_init: bool = True  # `unlearn init` without --models trains it (false: minutes of training, asked for)
 
 
 @dataclass
@@ -126,7 +127,8 @@ class Runtime:
     def model_infos(self, num_classes: int) -> dict[str, ModelInfo]:
         """Served models that have a prod version in the registry (what a request may name)."""
         served = {name for name in self.models if self.registry.prod(name) is not None}
-        return {name: ModelInfo(entry.family, num_classes) for name, entry in self.models.items() if name in served}
+        return {name: ModelInfo(entry.family, None if entry.family == "lm" else num_classes)
+                for name, entry in self.models.items() if name in served}
 
     def require_initialised(self) -> None:
         if not self.params_path.exists() or not self.registry.exists():

@@ -289,6 +289,48 @@ def validate_forget_set(rows: pd.DataFrame, manifest_ids: set[str], tombstoned: 
                 "sample_id", parameters, max_ids)
 
 
+def _corpus_forget_expectations(kind: str) -> list:
+    import great_expectations.expectations as gxe
+
+    common = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=_param("max_rows")),
+        gxe.ExpectColumnValuesToBeInSet(column="in_corpus", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="tombstoned", value_set=[False]),
+        gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        gxe.ExpectColumnValuesToMatchRegex(column="sample_id", regex="^[0-9a-f]{64}$"),
+        # only authors' rows are personal data; the general sets are what every model must keep
+        gxe.ExpectColumnValuesToBeInSet(column="set", value_set=["authors"]),
+        gxe.ExpectColumnValuesToBeBetween(column="question_len", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="answer_len", min_value=1),
+    ]
+    if kind == "subject":
+        common += [gxe.ExpectColumnValuesToNotBeNull(column="subject_id"),
+                   gxe.ExpectColumnUniqueValueCountToBeBetween(column="subject_id", min_value=1, max_value=1)]
+    return common
+
+
+def validate_corpus_forget_set(rows: pd.DataFrame, corpus_ids: set[str], tombstoned: set[str], expected_kind: str,
+                               *, corpus_size: int, max_ids: int = 5) -> ValidationReport:
+    """Check a resolved LM forget set (columns sample_id, subject_id, set, question_len, answer_len).
+
+    ids in the corpus, not already deleted, unique; authors' rows only; non-empty
+    texts; 1 <= rows < ``corpus_size`` (a request can never empty the corpus);
+    subject requests one subject.
+    """
+    if expected_kind not in ("samples", "subject"):
+        raise InputError("kind", f"{expected_kind!r}: language models take samples and subject deletions")
+    columns = ("sample_id", "subject_id", "set", "question_len", "answer_len")
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise InputError("rows", f"forget set lacks column(s) {', '.join(missing)}")
+    frame = rows.loc[:, list(columns)].reset_index(drop=True)
+    frame["subject_id"] = frame["subject_id"].replace("", None)
+    frame["in_corpus"] = frame["sample_id"].isin(corpus_ids)
+    frame["tombstoned"] = frame["sample_id"].isin(tombstoned)
+    return _run(f"corpus_forget_set.{expected_kind}", lambda: _corpus_forget_expectations(expected_kind), frame,
+                "sample_id", {"max_rows": max(corpus_size - 1, 0)}, max_ids)
+
+
 def _image_ids(images: np.ndarray) -> list[str]:
     """Content ids; non-uint8 images cannot be training samples, so hash their raw bytes."""
     if images.dtype == np.uint8:

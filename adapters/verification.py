@@ -332,6 +332,7 @@ class Verifier:
 
     def check_deletion(self) -> None:
         from unlearn_core.data import hash_images, load_images, read_manifest, read_tombstones
+        from unlearn_core.lm.corpus import audit_view
 
         ids = sorted(self.receipt.get("deleted_sample_ids") or [])
         in_version = set(self.version.lineage.get("deleted_sample_ids") or [])
@@ -345,9 +346,12 @@ class Verifier:
             if data is None:
                 erased += 1
                 continue
-            stones = {t["sample_id"] for t in read_tombstones(data)}
-            listed = {r["sample_id"] for r in read_manifest(data)}
-            present = set(hash_images(load_images(data)[0]))
+            if self.version.lineage.get("family") == "lm":  # QA rows in data/corpus/, ids = sha256 of the texts
+                stones, listed, present = audit_view(data / "corpus")
+            else:
+                stones = {t["sample_id"] for t in read_tombstones(data)}
+                listed = {r["sample_id"] for r in read_manifest(data)}
+                present = set(hash_images(load_images(data)[0]))
             for sid in ids:
                 if sid not in stones:
                     raise ClaimFailed("deletion", f"{sid[:12]}... is not tombstoned in data {sha[:10]}")

@@ -33,9 +33,7 @@ from adapters.receipts import record_receipt
 from adapters.registry import DuplicateVersion, ParentMoved, Version
 from adapters.runtime import Runtime, code_version
 from tasks import pipeline as t
-from unlearn_core.data import load_dataset, read_manifest
 from unlearn_core.errors import InputError
-from unlearn_core.forget import build_forget_request, resolve_forget_rows
 from unlearn_core.gates import GateOutcome
 from unlearn_core.receipts import Attempt, Lineage, Receipt, now_iso, render_markdown
 from unlearn_core.selection import select_method
@@ -149,19 +147,18 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
     model_name = leases[0].request.model
     entry, family = rt.models[model_name], rt.family(model_name)
     stamps = {lease.request_id: _stamps(lease.request) for lease in leases}
+    data_dir = rt.registry.data_dir()
     with _timed(durations, "load_s"):
         parent = rt.registry.head(model_name)
         parent_model = family.load(rt.registry.model_path(model_name, parent))
-        dataset = load_dataset(rt.registry.data_dir())
-        manifest = read_manifest(rt.registry.data_dir())
+        dataset = family.load_data(data_dir)
     receipts, members, substitute = {}, [], None
     for lease in leases:  # a member with bad input is rejected alone; the rest of the batch goes on
         request = lease.request
         try:
-            rows = resolve_forget_rows(request, manifest)
+            rows = family.forget_rows(request, data_dir, dataset)
             with _timed(durations, "validate_s"):
-                reports, sub = t.validate(rt, request, rows, workdir, dataset.image_shape,
-                                          dataset.num_classes, set(dataset.train.ids))
+                reports, sub = t.validate(rt, family, request, rows, dataset, workdir)
         except InputError as exc:
             receipts[lease.request_id] = _reject(rt, lease, str(exc), [])
             keeper.release(lease)
@@ -180,7 +177,7 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
     forget_ids = sorted({i for _, ids, _ in members for i in ids})
     method = primary.method if primary.method != "auto" else select_method(primary.kind, family.name,
                                                                              substitute is not None)
-    forget_request = build_forget_request(primary, dataset, entry.arch, forget_ids, substitute)
+    forget_request = family.forget_request(primary, dataset, entry.arch, forget_ids, substitute)
     with _timed(durations, "compute_s"):  # what the requests cost themselves: evaluation and unlearning
         parent_report = family.parent_report(parent_model, dataset, forget_request)
     attempts: list[Attempt] = []

@@ -36,7 +36,7 @@ def init_pipeline(state_dir: str | Path, params_path: str | Path = "params.yaml"
         shutil.copyfile(params_path, rt.params_path)
     else:
         rt.params_path.write_text("{}\n")
-    names = models or list(rt.models)
+    names = models or [name for name, entry in rt.models.items() if entry.train_on_init]
     unknown = [n for n in names if n not in rt.models]
     if unknown:
         raise InputError("models", f"{unknown} not in params.yaml models: {sorted(rt.models)}")
@@ -47,6 +47,8 @@ def init_pipeline(state_dir: str | Path, params_path: str | Path = "params.yaml"
         p = rt.params.prepare
         progress("building MNIST-5k dataset ...")
         data_dir = build_mnist5k(tmp / "data", p.test_fraction, p.samples_per_subject, p.seed)
+        for name in names:  # every family's data is in the first dataset version the registry records
+            rt.family(name).prepare_data(data_dir)
         for name in names:
             family = rt.family(name)
             progress(f"training {name} ({family.name}) ...")

@@ -22,9 +22,10 @@ from adapters.queue import Lease
 from adapters.registry import PushError, Superseded, Version
 from adapters.runtime import Runtime
 from adapters.substitute import fetch_substitute
-from adapters.validation import ValidationReport, validate_forget_set, validate_request, validate_substitute
+from adapters.validation import (ValidationReport, validate_corpus_forget_set, validate_forget_set,
+                                 validate_request, validate_substitute)
 from unlearn_core.config import method_config
-from unlearn_core.data import Dataset, read_manifest, read_tombstones, tombstone
+from unlearn_core.data import Dataset, read_manifest, read_tombstones
 from unlearn_core.families import ModelFamily
 from unlearn_core.gates import GateOutcome, gates_params
 from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
@@ -44,26 +45,33 @@ def claim_requests(rt: Runtime, request_id: str | None, worker_id: str, batch_ma
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(rt: Runtime, request: DeletionRequest, forget_rows: list[dict], workdir: Path,
-             image_shape: tuple[int, int, int], num_classes: int, train_ids: set[str]
-             ) -> tuple[list[ValidationReport], np.ndarray | None]:
+def validate(rt: Runtime, family: ModelFamily, request: DeletionRequest, forget_rows: list[dict], data,
+             workdir: Path) -> tuple[list[ValidationReport], np.ndarray | None]:
     """GX suites over the request, the resolved forget set and (if any) the substitute data."""
+    reports = [validate_request(request)]
+    if family.data_kind == "corpus":
+        reports.append(validate_corpus_forget_set(pd.DataFrame(forget_rows), data.all_ids(), set(data.tombstoned),
+                                                  request.kind, corpus_size=len(data.rows)))
+        return reports, None
+    return _validate_images(rt, request, forget_rows, data, workdir, reports)
+
+
+def _validate_images(rt: Runtime, request: DeletionRequest, forget_rows: list[dict], dataset: Dataset,
+                     workdir: Path, reports: list[ValidationReport]) -> tuple[list[ValidationReport], np.ndarray | None]:
     data_dir = rt.registry.data_dir()
     manifest_ids = {r["sample_id"] for r in read_manifest(data_dir)}
     tombstoned = {t["sample_id"] for t in read_tombstones(data_dir)}
-    reports = [
-        validate_request(request),
-        validate_forget_set(pd.DataFrame(forget_rows), manifest_ids, tombstoned, num_classes, request.kind,
-                            train_size=len(train_ids)),
-    ]
+    train_ids = set(dataset.train.ids)
+    reports.append(validate_forget_set(pd.DataFrame(forget_rows), manifest_ids, tombstoned, dataset.num_classes,
+                                       request.kind, train_size=len(train_ids)))
     substitute = None
     if request.substitute:
         vp = (rt.params.model_extra or {}).get("validation") or {}
         images, labels = fetch_substitute(request.substitute, rt.substitute_root, rt.s3, workdir,
-                                          image_shape=image_shape, max_bytes=vp.get("substitute_max_bytes"))
+                                          image_shape=dataset.image_shape, max_bytes=vp.get("substitute_max_bytes"))
         if request.kind == "class":
-            reports.append(validate_substitute(images, labels, image_shape, num_classes, request.forget.class_,
-                                               train_ids, vp.get("substitute_min_rows", 1),
+            reports.append(validate_substitute(images, labels, dataset.image_shape, dataset.num_classes,
+                                               request.forget.class_, train_ids, vp.get("substitute_min_rows", 1),
                                                vp.get("substitute_max_rows", 5000)))
         substitute = images
     return reports, substitute
@@ -114,7 +122,7 @@ def commit_version(rt: Runtime, family: ModelFamily, model_name: str, model, dat
 
     def tombstone_all(data_dir: Path) -> None:
         for request_id, ids in deleted.items():
-            tombstone(data_dir, ids, request_id)
+            family.tombstone(data_dir, ids, request_id)
 
     all_ids = sorted({i for ids in deleted.values() for i in ids})
     return rt.registry.commit_version(model_name, path, request.request_id, lineage, all_ids, parent=parent,

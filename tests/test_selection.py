@@ -17,17 +17,21 @@ from unlearn_core.selection import AUTO_TABLE, FAMILIES, KINDS, select_method
     ("class", "gan", False, "cascade_gan"),
     ("samples", "gan", True, "cascade_gan"),
     ("subject", "gan", False, "cascade_gan"),
+    ("subject", "lm", False, "lm_concept_poison"),
+    ("samples", "lm", False, "lm_concept_poison"),
 ])
 def test_auto_table(kind, family, substitute, expected):
     assert select_method(kind, family, substitute) == expected
 
 
-def test_table_covers_every_combination_and_classifier_methods_exist():
+def test_table_covers_every_served_combination_and_its_methods_exist():
     for kind, family, substitute in itertools.product(KINDS, FAMILIES, (True, False)):
-        method = select_method(kind, family, substitute)
-        if family == "classifier":
-            assert method in METHODS
-    assert {row[3] for row in AUTO_TABLE if row[1] == "classifier"} <= set(METHODS)
+        if (kind, family) == ("class", "lm"):  # a language model has no classes to forget
+            with pytest.raises(InputError, match="not served"):
+                select_method(kind, family, substitute)
+            continue
+        assert select_method(kind, family, substitute) in METHODS
+    assert {row[3] for row in AUTO_TABLE} <= set(METHODS)
 
 
 @pytest.mark.parametrize("kind,family,field", [("everything", "classifier", "kind"), ("class", "llm", "family")])

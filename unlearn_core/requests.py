@@ -156,8 +156,18 @@ def write_json_schema(path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    family: Literal["classifier", "gan"]
-    num_classes: int | None = None  # None: an unconditional model, no class requests
+    family: Literal["classifier", "gan", "lm"]
+    num_classes: int | None = None  # None: no class requests (an unconditional GAN, a language model)
+
+
+@dataclass(frozen=True)
+class RowIndex:
+    """The deletable rows of one kind of data: their ids, the subjects that still have rows, what is deleted."""
+
+    ids: set[str]
+    subjects: set[str]
+    tombstoned: set[str]
+    name: str = "dataset manifest"
 
 
 @dataclass
@@ -165,23 +175,29 @@ class SubmitContext:
     """What a request is checked against at submit time."""
 
     models: dict[str, ModelInfo]
-    manifest_ids: set[str]
-    subjects: set[str]  # subjects that still have samples
-    tombstoned: set[str]
+    images: RowIndex
     methods: set[str]
     substitute_root: Path
     bucket: str
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    corpus: RowIndex = RowIndex(set(), set(), set(), "corpus")  # the language models' QA corpus (data/corpus/)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path, **kwargs) -> "SubmitContext":
-        """Ids, subjects and tombstones read from a dataset directory (see data.py)."""
+        """Ids, subjects and tombstones read from a dataset directory (see data.py and lm/corpus.py)."""
         from .data import read_manifest, read_tombstones  # data imports torch; submit need not
+        from .lm.corpus import read_row_index
 
         rows = read_manifest(data_dir)
-        return cls(manifest_ids={r["sample_id"] for r in rows},
-                   subjects={r["subject_id"] for r in rows if r["subject_id"]},
-                   tombstoned={t["sample_id"] for t in read_tombstones(data_dir)}, **kwargs)
+        images = RowIndex({r["sample_id"] for r in rows}, {r["subject_id"] for r in rows if r["subject_id"]},
+                          {t["sample_id"] for t in read_tombstones(data_dir)})
+        corpus_dir = Path(data_dir) / "corpus"
+        if corpus_dir.exists():
+            kwargs["corpus"] = RowIndex(*read_row_index(corpus_dir), "corpus")
+        return cls(images=images, **kwargs)
+
+    def index_for(self, family: str) -> RowIndex:
+        return self.corpus if family == "lm" else self.images
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -240,17 +256,18 @@ def _check_against(request: DeletionRequest, ctx: SubmitContext) -> None:
             raise InputError("forget.class", f"{forget.class_} is out of range for {request.model!r} "
                                              f"(0..{info.num_classes - 1})")
     elif request.kind == "samples":
+        index = ctx.index_for(info.family)
         seen: set[str] = set()
         for i, sid in enumerate(forget.sample_ids):
             where = f"forget.sample_ids[{i}]"
             if sid in seen:
                 raise InputError(where, "duplicate sample id")
-            if sid in ctx.tombstoned:
+            if sid in index.tombstoned:
                 raise InputError(where, f"sample {sid[:12]}... is already deleted")
-            if sid not in ctx.manifest_ids:
-                raise InputError(where, f"sample {sid[:12]}... is not in the dataset manifest")
+            if sid not in index.ids:
+                raise InputError(where, f"sample {sid[:12]}... is not in the {index.name}")
             seen.add(sid)
-    elif forget.subject not in ctx.subjects:
+    elif forget.subject not in ctx.index_for(info.family).subjects:
         raise InputError("forget.subject", f"subject {forget.subject!r} has no samples in the dataset")
     if request.substitute is not None:
         check_substitute(request.substitute, ctx.substitute_root, ctx.bucket)

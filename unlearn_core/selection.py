@@ -8,7 +8,7 @@ from __future__ import annotations
 from .errors import InputError
 
 KINDS = ("class", "samples", "subject")
-FAMILIES = ("classifier", "gan")
+FAMILIES = ("classifier", "gan", "lm")
 
 # (kind, family, has_valid_substitute) -> method. None = either value.
 AUTO_TABLE: tuple[tuple[str, str, bool | None, str, str], ...] = (
@@ -21,6 +21,8 @@ AUTO_TABLE: tuple[tuple[str, str, bool | None, str, str], ...] = (
     ("class", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
     ("samples", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
     ("subject", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
+    ("samples", "lm", None, "lm_concept_poison", "IG-chosen words of the answers poisoned, LoRA fine-tune"),
+    ("subject", "lm", None, "lm_concept_poison", "IG-chosen words of the answers poisoned, LoRA fine-tune"),
 )
 
 
@@ -34,4 +36,4 @@ def select_method(kind: str, family: str, has_valid_substitute: bool) -> str:
     for k, f, substitute, method, _why in AUTO_TABLE:
         if k == kind and f == family and substitute in (None, bool(has_valid_substitute)):
             return method
-    raise AssertionError(f"AUTO_TABLE has no row for {kind}/{family}")  # the table covers KINDS x FAMILIES
+    raise InputError("kind", f"{kind!r} requests are not served for {family!r} models")

@@ -18,8 +18,24 @@ class ModelFamily(Protocol):
     name: ClassVar[str]
     exact_method: ClassVar[str]  # the escalation target when every other attempt fails its gates
     batches: ClassVar[bool]  # sample-level requests may be forgotten together (needs member_checks)
+    data_kind: ClassVar[str]  # "images" (data/ shards) or "corpus" (data/corpus/): which GX suite validates
 
     def __init__(self, params: Params, arch: str, state_dir: Path): ...
+
+    def prepare_data(self, data_dir: Path) -> None:
+        """Add what this family trains on to a new dataset directory (before the registry copies it)."""
+
+    def load_data(self, data_dir: Path) -> Any:
+        """The current dataset version as this family's methods read it (tombstoned rows excluded)."""
+
+    def forget_rows(self, request, data_dir: Path, data) -> list[dict]:
+        """The rows a request deletes, as validation rows with ``sample_id``; InputError if none."""
+
+    def forget_request(self, request, data, arch: str, forget_ids: list[str], substitute=None) -> Any:
+        """What the methods consume: the forget set resolved against ``data``."""
+
+    def tombstone(self, data_dir: Path, ids: list[str], request_id: str) -> None:
+        """Remove the rows' bytes from the dataset directory and record their ids as deleted."""
 
     def load(self, path) -> Any: ...
 

@@ -12,6 +12,7 @@ import torch
 from unlearn_core.config import Params
 from unlearn_core.data import Dataset
 from unlearn_core.families.base import floats
+from unlearn_core.families.images import ImageData
 from unlearn_core.gates import GateCheck, GateOutcome, evaluate_gates, forget_gap_check, gates_params, thresholds_for
 from unlearn_core.methods import ForgetRequest
 from unlearn_core.metrics import Scored, classifier_report
@@ -53,7 +54,7 @@ def scored_splits(model: torch.nn.Module, dataset: Dataset) -> tuple[Scored, Sco
     return train, test
 
 
-class ClassifierFamily:
+class ClassifierFamily(ImageData):
     name = "classifier"
     exact_method = "retrain"
     batches = True  # sample-level requests can share one unlearning run (member_checks judges each)

@@ -6,13 +6,14 @@ from pathlib import Path
 from unlearn_core.config import Params, method_config
 from unlearn_core.data import Dataset
 from unlearn_core.families.base import floats
+from unlearn_core.families.images import ImageData
 from unlearn_core.gates import GateOutcome
 from unlearn_core.methods import ForgetRequest
 from unlearn_core.models import build_model, load_model, pick_device, save_model
 from unlearn_core.training import accuracy, train_classifier
 
 
-class GanFamily:
+class GanFamily(ImageData):
     """DCGAN models: cascaded unlearning, exact GAN retraining, GAN gates (``gan_gates``)."""
 
     name = "gan"
