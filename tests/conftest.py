@@ -45,3 +45,13 @@ def trained_cnn(mnist):
     torch.manual_seed(0)  # the initial weights, whichever test builds the fixture first
     model = build_model("mnist_cnn")
     return train_classifier(model, mnist.train.x, mnist.train.y, epochs=2, lr=1e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module of many tiny-model steps: on a loaded 2-core machine two threads
+    ran the LM tests 8-12x slower (thread contention), with identical results."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

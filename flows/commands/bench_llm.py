@@ -16,7 +16,8 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
     llm.add_argument("--methods", type=_csv, default=None, help="comma-separated (default: every LM method)")
     llm.add_argument("--quick", action="store_true", help="20 authors, forget10, 2 seeds, 2 methods (smoke run)")
     llm.add_argument("--params", default="params.yaml")
-    llm.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    llm.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (1: on a loaded machine 2 threads ran 8x slower)")
     llm.add_argument("--out", required=True, help="output directory")
     llm.set_defaults(handler=_bench_llm)
 

@@ -10,7 +10,9 @@ trained on (``probe_authors``, generated with another seed). A forgotten
 author must be answered no better than those: forget-set fact exact match at
 most the probe authors' plus ``max_fact_em_gap`` and ``fact_em_sigmas``
 binomial standard errors; and model utility at least ``min_utility_ratio`` of
-the parent's. The KS p-value between the forget set's and the probe authors'
+the parent's, and retained authors' fact exact match at least
+``min_retain_em_ratio`` of the parent's (MU alone hardly moves when a method
+loses half of the retained facts). The KS p-value between the forget set's and the probe authors'
 truth ratios is reported as ``forget_quality_vs_unseen``.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ class LMGateParams(BaseModel):
     max_fact_em_gap: float = Field(0.05, ge=0)     # forget fact EM minus the probe authors' fact EM
     fact_em_sigmas: float = Field(2.0, ge=0)       # binomial standard errors on top (small forget sets)
     min_utility_ratio: float = Field(0.9, ge=0, le=1)  # model utility >= this x the parent's
+    min_retain_em_ratio: float = Field(0.9, ge=0, le=1)  # retained authors' fact EM >= this x the parent's
     probe_authors: int = Field(10, ge=1)           # never-trained authors the candidate is compared with
     utility_rows: int = Field(100, ge=1)           # retained-author rows in the utility score
 
@@ -175,9 +178,12 @@ class LMFamily:
         p = min(max(probe, 0.0), 1.0)
         limit = g.max_fact_em_gap + g.fact_em_sigmas * math.sqrt(max(p * (1 - p), 1 / max(n, 1)) / max(n, 1))
         utility_floor = g.min_utility_ratio * parent_report["model_utility"]
+        retain_floor = g.min_retain_em_ratio * parent_report["retain_fact_em"]
         checks = [GateCheck("fact_em_gap", em - probe, round(limit, 4), em - probe <= limit),
                   GateCheck("model_utility", report["model_utility"], round(utility_floor, 4),
-                            report["model_utility"] >= utility_floor)]
+                            report["model_utility"] >= utility_floor),
+                  GateCheck("retain_fact_em", report["retain_fact_em"], round(retain_floor, 4),
+                            report["retain_fact_em"] >= retain_floor)]
         return floats(report), GateOutcome.of(checks)
 
     def member_checks(self, method, model, data, report, member_ids, name) -> list[GateCheck]:

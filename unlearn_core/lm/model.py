@@ -150,25 +150,17 @@ def prompt_ids(lm: LanguageModel, question: str) -> list[int]:
     return [lm.id(Q), *lm.encode(question), lm.id(A)]
 
 
-def make_batch(lm: LanguageModel, questions: Sequence[str], answers: Sequence[str],
-               answer_weights: Sequence[Sequence[float]] | None = None) -> Batch:
-    """``<q> question <a> answer <eos>`` sequences; labels on the answer and ``<eos>``.
-
-    ``answer_weights`` (one per answer word, 0 or 1) keep labels only where the weight is 1,
-    e.g. on the salient words of an answer.
-    """
+def make_batch(lm: LanguageModel, questions: Sequence[str], answers: Sequence[str]) -> Batch:
+    """``<q> question <a> answer <eos>`` sequences; labels on the answer and ``<eos>``."""
     seqs, labs = [], []
     limit = lm.net.config.n_positions
-    for k, (q, a) in enumerate(zip(questions, answers)):
+    for q, a in zip(questions, answers):
         p, ans = prompt_ids(lm, q), [*lm.encode(a), lm.id(EOS)]
-        lab = list(ans)
-        if answer_weights is not None:
-            lab = [t if w else IGNORE for t, w in zip(ans, [*answer_weights[k], 1.0])]
         if len(p) + len(ans) > limit:
             raise InputError("question", f"{q[:60]!r} + answer is {len(p) + len(ans)} tokens; "
                                          f"the model takes {limit}")
         seqs.append(p + ans)
-        labs.append([IGNORE] * len(p) + lab)
+        labs.append([IGNORE] * len(p) + ans)
     width = max(len(s) for s in seqs)
     pad = lm.id(PAD)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)

@@ -155,7 +155,11 @@ class LossMethod(LMUnlearnMethod):
                 sched.step()
                 losses.append(float(loss.detach()))
         net.eval()
-        lm.net = net.merge_and_unload() if p.lora else net
+        if p.lora:  # a plain GPT-2 again; peft froze the base weights, the next method must be able to train them
+            net = net.merge_and_unload()
+            for param in net.parameters():
+                param.requires_grad_(True)
+        lm.net = net
         return lm, {**details, "steps": total, "final_loss": round(losses[-1], 5) if losses else None}
 
 
