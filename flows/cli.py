@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from flows.commands import audit, bench, data, gan, pipeline, services
+from flows.commands import audit, bench, data, gan, lm, pipeline, services
 
-COMMAND_GROUPS = (data, bench, services, pipeline, audit, gan)
+COMMAND_GROUPS = (data, bench, services, pipeline, audit, gan, lm)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,3 +103,11 @@ def method_config(params: Params, method: str) -> dict:
     if section is not None and not isinstance(section, dict):
         raise InputError(f"params.yaml: {method}", f"expected a mapping, got {type(section).__name__}")
     return dict(section or {})
+
+
+def typed_section(params: Params, name: str, model: type[BaseModel]) -> BaseModel:
+    """A params.yaml section validated by ``model``; a bad field is reported as ``params.yaml: NAME.FIELD``."""
+    try:
+        return model.model_validate(method_config(params, name))
+    except ValidationError as exc:
+        raise InputError.from_validation(exc, f"params.yaml: {name}.") from None

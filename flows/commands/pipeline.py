@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="build the dataset, train the base model, register it as prod")
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--models", default=None, help="comma-separated registry names (default: all in params.yaml)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated registry names (default: those of params.yaml with train_on_init)")
     p.set_defaults(handler=_init)
 
     p = sub.add_parser("submit", help="validate and enqueue a deletion request (JSON file or - for stdin)")

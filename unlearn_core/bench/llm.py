@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Params, method_config
+from ..config import Params, method_config, typed_section
 from ..lm.corpus import Corpus, forget_subjects, generate_corpus
 from ..lm.metrics import forget_quality, lm_report, public, score_rows
 from ..lm.model import LMTrainParams, fit
@@ -45,7 +45,7 @@ def utility_rows(corpus: Corpus, retain, limit: int) -> dict:
 def run(params: Params, out_dir: str | Path, n_authors: int = 40, splits=("forget01", "forget05", "forget10"),
         seeds: int = 3, methods=METHODS, utility_limit: int = 200, quick: bool = False, progress=None) -> dict:
     device = pick_device()
-    train_p = LMTrainParams(**method_config(params, "lm_train"))
+    train_p = typed_section(params, "lm_train", LMTrainParams)
     corpus = generate_corpus(n_authors, seed=0)
     with measure(device) as base_cost:
         base, base_stats = fit(corpus.rows, train_p, device)

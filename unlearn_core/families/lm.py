@@ -21,9 +21,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from unlearn_core.config import Params, method_config
+from unlearn_core.config import Params, typed_section
 from unlearn_core.errors import InputError
 from unlearn_core.families.base import floats
 from unlearn_core.gates import GateCheck, GateOutcome
@@ -51,13 +51,6 @@ class LMGateParams(BaseModel):
     utility_rows: int = Field(100, ge=1)           # retained-author rows in the utility score
 
 
-def _section(params: Params, name: str, model: type[BaseModel]):
-    try:
-        return model.model_validate(method_config(params, name))
-    except ValidationError as exc:
-        raise InputError.from_validation(exc, f"params.yaml: {name}.") from None
-
-
 class LMFamily:
     name = "lm"
     exact_method = "lm_retrain"
@@ -68,9 +61,9 @@ class LMFamily:
         from unlearn_core.lm.model import LMTrainParams
 
         self.params, self.arch = params, arch
-        self.corpus_params = _section(params, "lm_corpus", CorpusParams)
-        self.train_params = _section(params, "lm_train", LMTrainParams)
-        self.gates = _section(params, "lm_gates", LMGateParams)
+        self.corpus_params = typed_section(params, "lm_corpus", CorpusParams)
+        self.train_params = typed_section(params, "lm_train", LMTrainParams)
+        self.gates = typed_section(params, "lm_gates", LMGateParams)
 
     # ---------------------------------------------------------------- data
 

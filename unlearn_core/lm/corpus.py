@@ -301,38 +301,33 @@ def read_tombstones(corpus_dir: str | Path) -> list[dict]:
 def load_corpus(corpus_dir: str | Path) -> Corpus:
     """Every row of a corpus directory, tombstoned ones excluded."""
     root = Path(corpus_dir)
-    files = sorted((root / "shards").glob("*/rows.jsonl"))
-    if not files:
+    if not any((root / "shards").glob("*/rows.jsonl")):
         raise InputError("corpus", f"{root} holds no shards/*/rows.jsonl: not a corpus directory")
     tombstoned = frozenset(t["qa_id"] for t in read_tombstones(root))
-    rows = [QARow.from_json(json.loads(line)) for f in files for line in f.read_text(encoding="utf-8").splitlines()]
-    return Corpus([r for r in rows if r.qa_id not in tombstoned], tombstoned)
+    return Corpus([QARow.from_json(r) for r in _stored_rows(root) if r["qa_id"] not in tombstoned], tombstoned)
+
+
+def _stored_rows(root: Path):
+    """Every row a corpus directory stores, as JSON, tombstoned or not (shard order)."""
+    for path in sorted((root / "shards").glob("*/rows.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            yield json.loads(line)
 
 
 def read_row_index(corpus_dir: str | Path) -> tuple[set[str], set[str], set[str]]:
     """(row ids, subjects with rows, tombstoned ids) of a corpus directory: what `unlearn submit` checks."""
     root = Path(corpus_dir)
-    ids, subjects = set(), set()
-    for path in sorted((root / "shards").glob("*/rows.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            ids.add(row["qa_id"])
-            if row["subject_id"]:
-                subjects.add(row["subject_id"])
+    rows = list(_stored_rows(root))
     stones = {t["qa_id"] for t in read_tombstones(root)}
-    return ids - stones, subjects, stones
+    return {r["qa_id"] for r in rows} - stones, {r["subject_id"] for r in rows if r["subject_id"]}, stones
 
 
 def audit_view(corpus_dir: str | Path) -> tuple[set[str], set[str], set[str]]:
     """(tombstoned ids, listed ids, content hashes recomputed from the stored texts): what an auditor checks."""
     root = Path(corpus_dir)
-    listed, present = set(), set()
-    for path in sorted((root / "shards").glob("*/rows.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            listed.add(row["qa_id"])
-            present.add(qa_hash(row["question"], row["answer"]))
-    return {t["qa_id"] for t in read_tombstones(root)}, listed, present
+    rows = list(_stored_rows(root))
+    return ({t["qa_id"] for t in read_tombstones(root)}, {r["qa_id"] for r in rows},
+            {qa_hash(r["question"], r["answer"]) for r in rows})
 
 
 def delete_rows(corpus_dir: str | Path, qa_ids: dict[str, str]) -> None:

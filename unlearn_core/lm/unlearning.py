@@ -18,12 +18,11 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from ..errors import InputError
-from ..methods.base import MethodParams, UnlearnResult
+from ..methods.base import MethodParams, UnlearnMethod, UnlearnResult
 from ..metrics import measure
-from ..models import pick_device
 from .corpus import QARow
 from .model import Batch, LanguageModel, lr_lambda, make_batch, seed_everything, sequence_nll
 
@@ -59,24 +58,12 @@ class LMLoopParams(MethodParams):
     seed: int = 0
 
 
-class LMUnlearnMethod:
+class LMUnlearnMethod(UnlearnMethod):
     """Base class: validates config and request, copies the model, measures cost."""
 
-    name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = LM_KINDS
     Params: ClassVar[type[BaseModel]] = LMLoopParams
     needs_reference: ClassVar[bool] = False  # the loss compares with the model before unlearning
-
-    def __init__(self, model: LanguageModel, config: dict | BaseModel | None = None,
-                 device: torch.device | str | None = None):
-        self.model = model
-        self.device = torch.device(device) if device is not None else pick_device()
-        if isinstance(config, BaseModel):
-            config = config.model_dump()
-        try:
-            self.params = self.Params.model_validate(config or {})
-        except ValidationError as exc:
-            raise InputError.from_validation(exc, f"{self.name}.") from None
 
     def check(self, request: LMForgetRequest) -> None:
         if request.kind not in self.kinds:
