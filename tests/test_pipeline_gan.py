@@ -35,7 +35,9 @@ def test_gan_class_deletion_through_the_flow(gan_pipeline):
     receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
     first = receipt["attempts"][0]
     assert first["method"] == "cascade_gan"
-    assert first["details"]["d_forget_after"] < first["details"]["d_forget_before"]  # D now rejects class 7
+    details = first["details"]
+    # D now scores class 7 like held-out images of the other classes (forget_target: holdout, stop rule)
+    assert details["d_forget_after"] <= details["d_holdout_after"] + 0.02, details
     assert outcome["status"] == "done", [(a["method"], a["metrics"], a["gates"]) for a in receipt["attempts"]]
     versions = rt.registry.versions("mnist-gan")
     assert [v.semver for v in versions] == ["v0.0.1", "v0.0.2"]
