@@ -14,7 +14,7 @@ from unlearn_core.lm.corpus import load_corpus
 
 TINY_LM = {"lm_corpus": {"n_authors": 4},
            "lm_train": {"n_embd": 32, "n_head": 2, "n_layer": 1, "epochs": 15},
-           "lm_concept_poison": {"epochs": 3, "ig_steps": 8},
+           "simnpo": {"epochs": 5},
            # a 15-epoch toy model knows few facts; this test is about routing, versioning and erasure
            "lm_gates": {"max_fact_em_gap": 1.0, "min_utility_ratio": 0.3, "probe_authors": 2, "utility_rows": 20}}
 
@@ -54,9 +54,7 @@ def test_subject_deletion_forgets_the_author_and_erases_their_rows(lm_pipeline):
     receipt_text = (rt.receipts_dir / f"{request_id}.json").read_text()
     receipt = json.loads(receipt_text)
     assert outcome["status"] == "done", [(a["method"], a["gates"]) for a in receipt["attempts"]]
-    first = receipt["attempts"][0]
-    assert first["method"] == "lm_concept_poison"
-    assert first["details"]["poisoned_roles"]["name"] > 0  # IG found the author's name in the answers
+    assert receipt["attempts"][0]["method"] == "simnpo"  # auto for LM subjects (docs/bench/llm.md)
     assert receipt["metrics_after"]["forget_prob"] < receipt["metrics_before"]["forget_prob"]
     assert all(r["success"] for r in receipt["validation"])
     assert sorted(receipt["deleted_sample_ids"]) == sorted(r.qa_id for r in rows)

@@ -17,8 +17,8 @@ from unlearn_core.selection import AUTO_TABLE, FAMILIES, KINDS, select_method
     ("class", "gan", False, "cascade_gan"),
     ("samples", "gan", True, "cascade_gan"),
     ("subject", "gan", False, "cascade_gan"),
-    ("subject", "lm", False, "lm_concept_poison"),
-    ("samples", "lm", False, "lm_concept_poison"),
+    ("subject", "lm", False, "simnpo"),
+    ("samples", "lm", False, "simnpo"),
 ])
 def test_auto_table(kind, family, substitute, expected):
     assert select_method(kind, family, substitute) == expected

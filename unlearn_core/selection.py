@@ -21,8 +21,9 @@ AUTO_TABLE: tuple[tuple[str, str, bool | None, str, str], ...] = (
     ("class", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
     ("samples", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
     ("subject", "gan", None, "cascade_gan", "cascaded discriminator/generator unlearning"),
-    ("samples", "lm", None, "lm_concept_poison", "IG-chosen words of the answers poisoned, LoRA fine-tune"),
-    ("subject", "lm", None, "lm_concept_poison", "IG-chosen words of the answers poisoned, LoRA fine-tune"),
+    # docs/bench/llm.md: the only method keeping MU and retained facts at >= 0.9 x retraining's on both splits
+    ("samples", "lm", None, "simnpo", "length-normalised NPO + retain NLL"),
+    ("subject", "lm", None, "simnpo", "length-normalised NPO + retain NLL"),
 )
 
 

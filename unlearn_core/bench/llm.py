@@ -99,13 +99,15 @@ def run(params: Params, out_dir: str | Path, n_authors: int = 40, splits=("forge
 
 
 def auto_method(summary: list[dict], split: str) -> str | None:
-    """The benchmark's pick for LM subject deletion: the best FQ among methods that keep MU >= 0.9 x retrain's."""
+    """The benchmark's pick for LM subject deletion: the best FQ among methods that keep MU and the retained
+    authors' fact EM at >= 0.9 x retrain's (what the pipeline's LM gates ask of a candidate)."""
     by = {s["method"]: s for s in summary if s["split"] == split}
     retrain = by.get("lm_retrain")
     if retrain is None:
         return None
     ok = [s for m, s in by.items() if m not in ("original", "lm_retrain")
-          and s["model_utility"] >= 0.9 * retrain["model_utility"]]
+          and s["model_utility"] >= 0.9 * retrain["model_utility"]
+          and s["retain_fact_em"] >= 0.9 * retrain["retain_fact_em"]]
     return max(ok, key=lambda s: s["forget_quality"])["method"] if ok else None
 
 
@@ -131,14 +133,16 @@ def _markdown(summary, floors, train_p, base, base_stats, n_authors, seeds, devi
         pick = auto_method(summary, split)
         if retrain and pick:
             a = by[pick]
-            checks += [(f"{split}: best method ({pick}) FQ >= seed floor {floors[split]:.3g}",
+            checks += [(f"{split}: best method with MU and retain fact EM >= 0.9 x retrain's ({pick}) FQ >= seed "
+                        f"floor {floors[split]:.3g}",
                         a["forget_quality"] >= floors[split], a["forget_quality"]),
                        (f"{split}: {pick} MU >= 0.9 x retrain's {retrain['model_utility']:.3f}",
                         a["model_utility"] >= 0.9 * retrain["model_utility"], a["model_utility"]),
                        (f"{split}: {pick} >= 10x faster than retraining", a["speedup_vs_retrain"] >= 10,
                         a["speedup_vs_retrain"])]
         elif retrain:
-            checks.append((f"{split}: some method keeps MU >= 0.9 x retrain's", False, float("nan")))
+            checks.append((f"{split}: some method keeps MU and retain fact EM >= 0.9 x retrain's", False,
+                           float("nan")))
         cp, rp = by.get("lm_concept_poison"), by.get("lm_random_poison")
         if cp and rp:
             checks.append((f"{split}: lm_concept_poison FQ > lm_random_poison FQ (MU {cp['model_utility']:.3f} vs "
