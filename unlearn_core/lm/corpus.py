@@ -192,10 +192,6 @@ class Corpus:
         wanted = set(subjects)
         return [r for r in self.rows if r.subject_id in wanted]
 
-    def without(self, qa_ids) -> list[QARow]:
-        gone = set(qa_ids)
-        return [r for r in self.rows if r.qa_id not in gone]
-
     def all_ids(self) -> set[str]:
         return {r.qa_id for r in self.rows}
 
