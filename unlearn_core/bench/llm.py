@@ -56,14 +56,14 @@ def run(params: Params, out_dir: str | Path, n_authors: int = 40, splits=("forge
         forget = corpus.rows_of(subjects)
         retain = [r for r in corpus.rows if r.subject_id not in set(subjects)]
         util = utility_rows(corpus, retain, utility_limit)
-        retrained, retrain_times = [], []
+        retrained, retrain_costs = [], []
         for s in range(seeds):
             with measure(device) as cost:
                 model, _ = fit(retain, train_p.model_copy(update={"seed": train_p.seed + s}), device)
             retrained.append(model)
-            retrain_times.append(cost.time_s)
+            retrain_costs.append(cost)
         reference = score_rows(retrained[0], forget, with_generation=False).truth_ratio
-        retrain_s = float(np.mean(retrain_times))
+        retrain_s = float(np.mean([c.time_s for c in retrain_costs]))
         others = [score_rows(m, forget, with_generation=False).truth_ratio for m in retrained[1:]]
         floors[split] = float(np.mean([forget_quality(r, reference) for r in others])) if others else float("nan")
 
@@ -76,7 +76,7 @@ def run(params: Params, out_dir: str | Path, n_authors: int = 40, splits=("forge
 
         add("original", 0, base, base_cost.time_s, base_cost.peak_mem_bytes)
         for s, model in enumerate(retrained[1:], start=1):  # seed 0 is the reference itself
-            add("lm_retrain", s, model, retrain_times[s], 0)
+            add("lm_retrain", s, model, retrain_costs[s].time_s, retrain_costs[s].peak_mem_bytes)
         request = LMForgetRequest("subject", forget, retain)
         for method, s in itertools.product(methods, range(seeds)):
             config = {**method_config(params, method), "seed": s}
