@@ -86,7 +86,8 @@ def run_burst(out_dir: str | Path, params_path: str = "params.yaml", n_requests:
     workers_x = by[(2, 4, False)]["requests_per_min"] / by[(1, 4, False)]["requests_per_min"]
     md = ["# Service benchmark: a burst of deletions", "",
           f"{n_requests} subject deletions submitted at once per scenario (fresh state each; `.delay()` to the warm "
-          "workers as `unlearn submit`'s notifier does). Latency = enqueue -> `done`.", "",
+          "workers as `unlearn submit`'s notifier does). Each warm worker runs one request at a time "
+          "(`unlearn worker --limit 1`), so N workers = N requests at once. Latency = enqueue -> `done`.", "",
           markdown_table(rows, ("workers", "models", "batching", "all_done", "elapsed_s", "requests_per_min",
                                 "latency_p50_s", "latency_p95_s", "versions")), "",
           "## Targets", "",
@@ -123,7 +124,7 @@ def _burst(state: Path, params_path: str, n: int, workers: int, models: int, bat
         for name in names[1:]:  # more served models: copies of the base, each its own chain
             rt.registry.add_model(name, rt.registry.model_path("mnist-cnn"), {"method": "train"})
         for _ in range(workers):
-            children.append(subprocess.Popen([_unlearn(), "worker", "--state-dir", str(state)], env=env,
+            children.append(subprocess.Popen([_unlearn(), "worker", "--state-dir", str(state), "--limit", "1"], env=env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
