@@ -1,4 +1,4 @@
-"""``unlearn bench classifiers``: all classifier unlearning methods vs exact retrain."""
+"""``unlearn bench classifiers`` (all classifier unlearning methods vs exact retrain) and ``unlearn bench scaling``."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,13 @@ def _float_list(text: str) -> list[float]:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register_bench(kinds: argparse._SubParsersAction) -> None:
@@ -24,6 +31,18 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset directory (default: build MNIST-5k in a temp dir)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(handler=_run)
+    s = kinds.add_parser("scaling", help="retrain vs unlearning cost and quality at growing training-set sizes")
+    s.add_argument("--sizes", type=_int_list, default=[5000, 15000, 30000, 60000],
+                   help="training-set sizes (nested random subsets of the train split)")
+    s.add_argument("--forget-class", type=int, default=3)
+    s.add_argument("--methods", default="lra_npp,concept_poison,salun", help="comma-separated method names")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="1 training epoch (smoke run)")
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--data", default=None,
+                   help="dataset directory, e.g. full MNIST from `unlearn data import mnist` (default: MNIST-5k)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(handler=_scaling)
 
 
 def _run(args) -> int:
@@ -49,6 +68,37 @@ def _run(args) -> int:
         classes, fractions, seeds = classes[:1], fractions[:1], 1
     out = classifiers.run(ds, params, classes, fractions, seeds, args.out, quick=args.quick,
                           progress=lambda msg: print(msg, flush=True))
+    print(open(out["paths"]["markdown"]).read())
+    print("wrote", ", ".join(out["paths"].values()))
+    return 0
+
+
+def _scaling(args) -> int:
+    from flows.commands.bench_args import load_bench_dataset
+    from unlearn_core.bench import scaling
+    from unlearn_core.config import load_params
+    from unlearn_core.errors import InputError
+    from unlearn_core.bench.classifiers import CLASS_METHODS
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    for m in methods:
+        if m not in CLASS_METHODS:
+            raise InputError("--methods", f"{m!r} is not a class-unlearning method for classifiers; known: "
+                                          f"{', '.join(CLASS_METHODS)}")
+    if not args.sizes:
+        raise InputError("--sizes", "give at least one size")
+    params = load_params(args.params)
+    ds = load_bench_dataset(args.data)
+    if not 0 <= args.forget_class < ds.num_classes:
+        raise InputError("--forget-class", f"class {args.forget_class} is not in 0..{ds.num_classes - 1}")
+    try:
+        scaling.check_sizes(ds, args.sizes)
+    except ValueError as exc:
+        raise InputError("--sizes", f"{exc}; for full MNIST: `unlearn data import mnist DIR --out D`, "
+                                    "then --data D") from None
+    out = scaling.run(ds, params, args.sizes, args.forget_class, args.out, seed=args.seed, methods=methods,
+                      epochs=1 if args.quick else None,
+                      progress=lambda n, times: print(f"n={n} done: {times}", flush=True))
     print(open(out["paths"]["markdown"]).read())
     print("wrote", ", ".join(out["paths"].values()))
     return 0
