@@ -147,3 +147,55 @@ def test_import_writes_a_loadable_dataset_from_a_local_mnist_folder(tmp_path, ca
     assert len(set(ds.train.subjects)) == 3  # 5 samples per subject
     assert main(["data", "import", "cifar10", str(tmp_path / "src"), "--out", str(tmp_path / "bad")]) == 2
     assert "missing CIFAR-10 batch file" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_mnist_as_published_gzipped_idx_files_in_the_root(tmp_path):
+    import gzip
+
+    rng = np.random.default_rng(4)
+    for prefix, n in (("train", 5), ("t10k", 2)):
+        for kind, array in (("images-idx3", rng.integers(0, 256, size=(n, 28, 28))), ("labels-idx1", np.arange(n))):
+            plain = tmp_path / f"{prefix}-{kind}-ubyte"
+            _write_idx(plain, array)
+            (tmp_path / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()
+    x, y = load_mnist_folder(tmp_path, train=True)
+    assert x.shape == (5, 1, 28, 28) and y.tolist() == [0, 1, 2, 3, 4]
+    truncated = tmp_path / "t10k-images-idx3-ubyte.gz"
+    truncated.write_bytes(gzip.compress(gzip.decompress(truncated.read_bytes())[:-10]))
+    with pytest.raises(InputError, match=r"t10k-images-idx3-ubyte.gz: 1558 data bytes .* \(truncated"):
+        load_mnist_folder(tmp_path, train=False)
+
+
+def test_cifar10_from_an_image_folder_tar_gz_as_published(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from flows.cli import main
+
+    archive = tmp_path / "src" / "cifar10-jpeg.tar.gz"
+    archive.parent.mkdir()
+    rng = np.random.default_rng(5)
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, n in (("train", 6), ("test", 2)):
+            for cls in ("cat", "airplane"):  # labels follow the sorted class names: airplane 0, cat 1
+                for i in range(n):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+                    info = tarfile.TarInfo(f"{split}/{cls}/{i:04d}.jpg")
+                    info.size = len(buf.getvalue())
+                    tar.addfile(info, io.BytesIO(buf.getvalue()))
+    x, y = load_cifar10_folder(archive.parent, train=True)
+    assert x.shape == (12, 3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [0] * 6 + [1] * 6
+    assert main(["data", "import", "cifar10", str(archive), "--out", str(tmp_path / "ds")]) == 0
+    ds = load_dataset(tmp_path / "ds")
+    assert (len(ds.train), len(ds.test), ds.image_shape) == (12, 4, (3, 32, 32))
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("train/cat/0000.jpg")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    capsys.readouterr()
+    assert main(["data", "import", "cifar10", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "root: train/cat/0000.jpg in bad.tar.gz is not an image" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -308,24 +308,60 @@ def tombstone(data_dir: str | Path, sample_ids, request_id: str) -> int:
 
 # ---------------------------------------------------------------- local folders
 
-def load_mnist_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST in torchvision's layout (``root/MNIST/raw/*-idx?-ubyte``), no download."""
-    from torchvision.datasets import MNIST
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
-    try:
-        ds = MNIST(str(root), train=train, download=False)
-    except RuntimeError as exc:
-        raise InputError("root", f"no MNIST idx files under {root}/MNIST/raw ({exc})") from None
-    return ds.data.numpy()[:, None].astype(np.uint8), ds.targets.numpy().astype(np.int64)
+
+def load_mnist_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's idx files as published (gzipped or not) in ``root`` or torchvision's ``root/MNIST/raw``."""
+    root = Path(root)
+    names = MNIST_FILES[train]
+    for folder in (root, root / "MNIST" / "raw"):
+        found = [next((folder / f"{n}{ext}" for ext in ("", ".gz") if (folder / f"{n}{ext}").is_file()), None)
+                 for n in names]
+        if all(found):
+            images, labels = (_read_idx(path) for path in found)
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise InputError("root", f"{found[0].name} holds {images.shape}, {found[1].name} {labels.shape}: "
+                                         "expected N images of HxW and N labels")
+            return images[:, None], labels.astype(np.int64)
+    raise InputError("root", f"no MNIST idx files ({names[0]}[.gz], {names[1]}[.gz]) in {root} or {root}/MNIST/raw")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """One idx file (LeCun's format: 2 zero bytes, type 0x08 = uint8, ndim, big-endian int32 dims, data)."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        head = fh.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08 or not 1 <= head[3] <= 4:
+            raise InputError("root", f"{path.name} is not a uint8 idx file (header {head.hex()})")
+        dims = np.frombuffer(fh.read(4 * head[3]), dtype=">i4")
+        expected = int(np.prod(dims))
+        data = fh.read(expected + 1)
+    if len(dims) != head[3] or len(data) != expected:
+        raise InputError("root", f"{path.name}: {len(data)} data bytes for dims {dims.tolist()} (truncated or "
+                                 "trailing bytes)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims.tolist())
 
 
 def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 in torchvision's layout (``root/cifar-10-batches-py``), no download.
+    """CIFAR-10 from any of its usual layouts, no download: an image-folder ``.tar.gz`` (``train/<class>/*.jpg``,
+    ``test/<class>/*.jpg``; the path itself or the one archive in a directory), the same folders unpacked, or
+    torchvision's pickled batches (``root/cifar-10-batches-py``). Labels = sorted class names (CIFAR-10's order).
 
-    Read directly rather than via torchvision.datasets.CIFAR10, whose md5
+    The batches are read directly rather than via torchvision.datasets.CIFAR10, whose md5
     integrity check rejects any batch that is not the original release file.
     """
-    folder = Path(root) / "cifar-10-batches-py"
+    root = Path(root)
+    archives = sorted(root.glob("*.tar.gz")) + sorted(root.glob("*.tgz")) if root.is_dir() else [root]
+    split = "train" if train else "test"
+    if root.is_dir() and (root / split).is_dir():
+        images, labels, _ = load_image_folder(root / split, grayscale=False, size=(32, 32))
+        return images, labels
+    if len(archives) == 1 and archives[0].is_file() and archives[0].name.endswith((".tar.gz", ".tgz")):
+        return load_image_tar(archives[0], split, size=(32, 32))
+    folder = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     images, labels = [], []
     for name in names:
@@ -337,6 +373,37 @@ def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarra
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def load_image_tar(path: str | Path, split: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """RGB images ``SPLIT/<class>/<file>`` read from a tar archive as uint8, without unpacking it."""
+    import tarfile
+
+    from PIL import Image, UnidentifiedImageError
+
+    by_class: dict[str, list[np.ndarray]] = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if not member.isfile() or len(parts) != 3 or parts[0] != split:
+                    continue
+                try:
+                    img = Image.open(tar.extractfile(member))
+                    if img.size != (size[1], size[0]):  # the header's size, before any pixel is decoded
+                        raise InputError("root", f"{member.name} is {img.size[0]}x{img.size[1]}, "
+                                                 f"expected {size[1]}x{size[0]}")
+                    by_class.setdefault(parts[1], []).append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise InputError("root", f"{member.name} in {Path(path).name} is not an image ({exc})") from None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise InputError("root", f"{Path(path).name} is not a readable tar archive ({exc})") from None
+    if not by_class:
+        raise InputError("root", f"no {split}/<class>/<image> files in {Path(path).name}")
+    classes = sorted(by_class)
+    images = np.stack([img for c in classes for img in by_class[c]]).transpose(0, 3, 1, 2)
+    labels = np.concatenate([np.full(len(by_class[c]), i, dtype=np.int64) for i, c in enumerate(classes)])
+    return np.ascontiguousarray(images), labels
 
 
 def load_image_folder(root: str | Path, grayscale: bool = True,

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.set_defaults(handler=_build)
     imp = data.add_parser("import", help="write a dataset directory from local MNIST / CIFAR-10 / image folders")
     imp.add_argument("format", choices=("mnist", "cifar10", "imagefolder"),
-                     help="mnist: ROOT/MNIST/raw idx files; cifar10: ROOT/cifar-10-batches-py; "
+                     help="mnist: the four idx files (gzipped or not) in ROOT or ROOT/MNIST/raw; cifar10: an "
+                          "image-folder .tar.gz (ROOT or the one in ROOT), ROOT/train|test/<class>/*.jpg, or "
+                          "ROOT/cifar-10-batches-py; "
                           "imagefolder: ROOT/train/<class>/*.png and ROOT/test/<class>/*.png")
     imp.add_argument("root")
     imp.add_argument("--out", required=True, help="dataset directory to write")
