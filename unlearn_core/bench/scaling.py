@@ -24,7 +24,7 @@ from .report import environment, markdown_table, write_report
 
 METHODS = ("lra_npp", "concept_poison", "salun")
 SHOWN = ("n_train", "method", "forget_train_acc", "TA_forget", "TA_retained", "RA", "time_s", "peak_mem_mb",
-         "speedup_vs_retrain")
+         "speedup_vs_retrain", "path_size")
 TARGETS = {"speedup": 1000.0, "forget_acc": 0.02, "retained_drop": 0.01, "flat_ratio": 2.0}
 
 
@@ -54,19 +54,20 @@ def run(ds: Dataset, params: Params, sizes: list[int], forget_class: int, out_di
         request = ForgetRequest("class", train, forget_mask, ds.num_classes, train_p.model, forget_class=forget_class,
                                 substitute=ds.test.x[ds.test.y == forget_class], seed=seed)
 
-        def row(method: str, model, time_s: float, mem: int) -> dict:
+        def row(method: str, model, time_s: float, mem: int, details: dict | None = None) -> dict:
             report = classifier_report(model, train, ds.test, forget_mask, forget_class, seed=seed)
             return {"n_train": n, "method": method, "forget_class": forget_class, "seed": seed,
                     "forget_train_acc": 1.0 - report["UA"], "TA_forget": report["TA_forget"],
                     "TA_retained": report["TA_retained"], "RA": report["RA"], "TA": report["TA"],
-                    "time_s": time_s, "peak_mem_mb": mem / 2**20}
+                    "time_s": time_s, "peak_mem_mb": mem / 2**20,
+                    "path_size": (details or {}).get("path_size")}  # LRA-NPP's adaptive path, else None
 
         retrain_model, res = get_method("retrain")(base, train_p, device).unlearn(request)
         group = [row("retrain", retrain_model, res.time_s, res.peak_mem_bytes),
                  row("original", base, cost.time_s, cost.peak_mem_bytes)]  # time = base training
         for method in methods:
             model, res = get_method(method)(base, method_config(params, method), device).unlearn(request)
-            group.append(row(method, model, res.time_s, res.peak_mem_bytes))
+            group.append(row(method, model, res.time_s, res.peak_mem_bytes, res.details))
         for r in group:
             r["speedup_vs_retrain"] = group[0]["time_s"] / r["time_s"] if r["time_s"] > 0 else float("nan")
         rows.extend(group)
