@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands.bench_args import class_list, load_bench_dataset
+from flows.commands.bench_args import int_list, load_bench_dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: JSON rows, a markdown table and a PNG plot")
     kinds = bench.add_subparsers(dest="bench", required=True)
     lra = kinds.add_parser("lra-npp", help="original vs LRA-NPP variants vs exact retrain")
-    lra.add_argument("--classes", type=class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
+    lra.add_argument("--classes", type=int_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
     lra.add_argument("--seeds", type=int, default=3)
     lra.add_argument("--quick", action="store_true", help="1 seed, 1 class, 1 epoch, 2 variants (<1 min)")
     lra.add_argument("--params", default="params.yaml")

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 
 
-def class_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """``--classes 0,3,8`` / ``--sizes 5000,60000`` (argparse names the flag in its error)."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--classes: expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def load_bench_dataset(data_dir):

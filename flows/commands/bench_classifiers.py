@@ -11,18 +11,11 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def register_bench(kinds: argparse._SubParsersAction) -> None:
-    from flows.commands.bench_args import class_list
+    from flows.commands.bench_args import int_list
 
     p = kinds.add_parser("classifiers", help="class + random-sample unlearning: every method vs retrain")
-    p.add_argument("--classes", type=class_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
+    p.add_argument("--classes", type=int_list, default=[0, 3, 8], help="forget classes, e.g. 0,3,8")
     p.add_argument("--fractions", type=_float_list, default=[0.01, 0.1],
                    help="random forget fractions of the training set, e.g. 0.01,0.1")
     p.add_argument("--seeds", type=int, default=3)
@@ -32,7 +25,7 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(handler=_run)
     s = kinds.add_parser("scaling", help="retrain vs unlearning cost and quality at growing training-set sizes")
-    s.add_argument("--sizes", type=_int_list, default=[5000, 15000, 30000, 60000],
+    s.add_argument("--sizes", type=int_list, default=[5000, 15000, 30000, 60000],
                    help="training-set sizes (nested random subsets of the train split)")
     s.add_argument("--forget-class", type=int, default=3)
     s.add_argument("--methods", default="lra_npp,concept_poison,salun", help="comma-separated method names")
