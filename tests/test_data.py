@@ -178,7 +178,7 @@ def test_cifar10_from_an_image_folder_tar_gz_as_published(tmp_path, capsys):
     rng = np.random.default_rng(5)
     with tarfile.open(archive, "w:gz") as tar:
         for split, n in (("train", 6), ("test", 2)):
-            for cls in ("cat", "airplane"):  # labels follow the sorted class names: airplane 0, cat 1
+            for cls in ("cat", "airplane"):  # labels are CIFAR-10's own: airplane 0, cat 3
                 for i in range(n):
                     buf = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
@@ -186,10 +186,19 @@ def test_cifar10_from_an_image_folder_tar_gz_as_published(tmp_path, capsys):
                     info.size = len(buf.getvalue())
                     tar.addfile(info, io.BytesIO(buf.getvalue()))
     x, y = load_cifar10_folder(archive.parent, train=True)
-    assert x.shape == (12, 3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [0] * 6 + [1] * 6
+    assert x.shape == (12, 3, 32, 32) and x.dtype == np.uint8 and y.tolist() == [0] * 6 + [3] * 6
     assert main(["data", "import", "cifar10", str(archive), "--out", str(tmp_path / "ds")]) == 0
     ds = load_dataset(tmp_path / "ds")
     assert (len(ds.train), len(ds.test), ds.image_shape) == (12, 4, (3, 32, 32))
+    unknown = tmp_path / "unknown.tar.gz"
+    with tarfile.open(unknown, "w:gz") as tar:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+        info = tarfile.TarInfo("train/kangaroo/0000.jpg")
+        info.size = len(buf.getvalue())
+        tar.addfile(info, io.BytesIO(buf.getvalue()))
+    with pytest.raises(InputError, match=r"\['kangaroo'\] in unknown.tar.gz are not CIFAR-10 classes"):
+        load_cifar10_folder(unknown, train=True)
     bad = tmp_path / "bad.tar.gz"
     with tarfile.open(bad, "w:gz") as tar:
         info = tarfile.TarInfo("train/cat/0000.jpg")

@@ -345,10 +345,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(dims.tolist())
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 from any of its usual layouts, no download: an image-folder ``.tar.gz`` (``train/<class>/*.jpg``,
     ``test/<class>/*.jpg``; the path itself or the one archive in a directory), the same folders unpacked, or
-    torchvision's pickled batches (``root/cifar-10-batches-py``). Labels = sorted class names (CIFAR-10's order).
+    torchvision's pickled batches (``root/cifar-10-batches-py``). Folder labels are the class name's index in
+    CIFAR-10's own order, so a split that lacks a class cannot shift the others' labels.
 
     The batches are read directly rather than via torchvision.datasets.CIFAR10, whose md5
     integrity check rejects any batch that is not the original release file.
@@ -357,10 +361,11 @@ def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarra
     archives = sorted(root.glob("*.tar.gz")) + sorted(root.glob("*.tgz")) if root.is_dir() else [root]
     split = "train" if train else "test"
     if root.is_dir() and (root / split).is_dir():
-        images, labels, _ = load_image_folder(root / split, grayscale=False, size=(32, 32))
-        return images, labels
+        images, labels, names = load_image_folder(root / split, grayscale=False, size=(32, 32))
+        return images, _cifar10_labels(names, f"{root / split}")[labels]
     if len(archives) == 1 and archives[0].is_file() and archives[0].name.endswith((".tar.gz", ".tgz")):
-        return load_image_tar(archives[0], split, size=(32, 32))
+        images, labels, names = load_image_tar(archives[0], split, size=(32, 32))
+        return images, _cifar10_labels(names, archives[0].name)[labels]
     folder = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     images, labels = [], []
@@ -375,8 +380,21 @@ def load_cifar10_folder(root: str | Path, train: bool = True) -> tuple[np.ndarra
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_image_tar(path: str | Path, split: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """RGB images ``SPLIT/<class>/<file>`` read from a tar archive as uint8, without unpacking it."""
+def _cifar10_labels(names: list[str], where: str) -> np.ndarray:
+    """CIFAR-10 label of each folder class name (index ``i`` of ``names`` -> label)."""
+    unknown = sorted(set(names) - set(CIFAR10_CLASSES))
+    if unknown:
+        raise InputError("root", f"class folder(s) {unknown} in {where} are not CIFAR-10 classes "
+                                 f"({', '.join(CIFAR10_CLASSES)})")
+    return np.array([CIFAR10_CLASSES.index(name) for name in names], dtype=np.int64)
+
+
+def load_image_tar(path: str | Path, split: str,
+                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RGB images ``SPLIT/<class>/<file>`` read from a tar archive as uint8, without unpacking it.
+
+    Returns images, labels (index into the sorted class names) and the class names, as load_image_folder does.
+    """
     import tarfile
 
     from PIL import Image, UnidentifiedImageError
@@ -403,7 +421,7 @@ def load_image_tar(path: str | Path, split: str, size: tuple[int, int]) -> tuple
     classes = sorted(by_class)
     images = np.stack([img for c in classes for img in by_class[c]]).transpose(0, 3, 1, 2)
     labels = np.concatenate([np.full(len(by_class[c]), i, dtype=np.int64) for i, c in enumerate(classes)])
-    return np.ascontiguousarray(images), labels
+    return np.ascontiguousarray(images), labels, classes
 
 
 def load_image_folder(root: str | Path, grayscale: bool = True,
