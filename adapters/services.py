@@ -229,7 +229,13 @@ class EmbeddedS3:
 # ---------------------------------------------------------------- Prefect
 
 class PrefectServer:
-    """``prefect server start`` in the background: SQLite and PREFECT_HOME under ``state_dir/prefect``."""
+    """``prefect server start`` in the background: SQLite and PREFECT_HOME under ``state_dir/prefect``.
+
+    The server requires HTTP basic auth (``PREFECT_SERVER_API_AUTH_STRING``): a generated
+    ``unlearnops:<token>`` kept in ``prefect/auth_string`` (0600, across restarts); the CLI, the
+    workers and the notifier present it as ``PREFECT_API_AUTH_STRING`` (:meth:`client_env`), the
+    UI asks for it. Reaching the port is then not enough to submit flow runs or resume approvals.
+    """
 
     def __init__(self, state_dir: str | Path):
         self.state_dir = Path(state_dir).expanduser().resolve()
@@ -237,6 +243,7 @@ class PrefectServer:
         self.pid_file = self.dir / "server.pid"
         self.log_file = self.dir / "server.log"
         self.url_file = self.dir / "api_url"
+        self.auth_file = self.dir / "auth_string"
 
     @classmethod
     def start(cls, state_dir: str | Path, timeout: float = 120.0) -> str:
@@ -249,11 +256,26 @@ class PrefectServer:
         """``PREFECT_API_URL`` of the running server, or None."""
         return self.url_file.read_text().strip() if self.running() else None
 
+    def _auth_string(self) -> str:
+        """The server's basic-auth string, created once (owner-only)."""
+        if not self.auth_file.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"unlearnops:{secrets.token_urlsafe(24)}\n")
+        return self.auth_file.read_text().strip()
+
+    def client_env(self) -> dict[str, str]:
+        """``PREFECT_API_URL`` and ``PREFECT_API_AUTH_STRING`` of the running server; {} when none runs."""
+        url = self.api_url()
+        return {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": self._auth_string()} if url else {}
+
     def env(self, port: int | None = None) -> dict:
         env = {**os.environ, "PREFECT_HOME": str(self.dir),
                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.dir / 'prefect.db'}",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
         env.pop("PREFECT_API_URL", None)  # the server must not talk to another API
+        env["PREFECT_SERVER_API_AUTH_STRING"] = self._auth_string()
         if port is not None:
             env["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
             env["PREFECT_SERVER_API_PORT"] = str(port)
@@ -292,6 +314,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def prefect_client_env(state_dir: str | Path) -> dict[str, str]:
+    """What a Prefect client needs beyond ``os.environ``: nothing when ``PREFECT_API_URL`` is set, else the
+    URL and auth of the state's background server (``unlearn up``), or {} when none runs."""
+    return {} if os.environ.get("PREFECT_API_URL") else PrefectServer(state_dir).client_env()
+
+
 class TemporaryPrefectApi:
     """A Prefect API for one command: the configured one, the background server of ``unlearn up``, or a
     temporary server that lives exactly as long as this process.
@@ -305,10 +333,9 @@ class TemporaryPrefectApi:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> str:
-        url = os.environ.get("PREFECT_API_URL") or PrefectServer(self.state_dir).api_url()
-        if url:
-            os.environ["PREFECT_API_URL"] = url
-            return url
+        os.environ.update(prefect_client_env(self.state_dir))
+        if os.environ.get("PREFECT_API_URL"):
+            return os.environ["PREFECT_API_URL"]
         port = free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

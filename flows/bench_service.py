@@ -10,6 +10,9 @@ A fresh state with the embedded S3 and a background Prefect server (``unlearn up
   hand-off to the worker, validation, git/DVC commit, push, promotion, erasure, receipt).
 
 One warm-up request runs first and is reported but not counted (it pays the worker's first imports).
+Requests are signed by a bench submitter; a class deletion is held for approval and approved at once
+by a second one (``unlearn approve``), and its latency counts from the approval (the human's wait is not
+the service's). The burst raises the daily quota of its one submitter, which 20 subjects would exceed.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters.services import PrefectServer
+from adapters.submitters import KEY_ENV, NAME_ENV, Identity
 from unlearn_core.bench.report import markdown_table, write_report
 
 TARGETS = {"submit_s": 2.0, "p50_latency_s": 10.0, "p50_overhead_s": 5.0, "batching_speedup": 3.0,
@@ -109,7 +114,7 @@ def _burst(state: Path, params_path: str, n: int, workers: int, models: int, bat
     env.pop("PREFECT_API_URL", None)
     run = lambda *args: subprocess.run([_unlearn(), *args], env=env, check=True, capture_output=True, text=True)  # noqa: E731
     run("up")
-    env["PREFECT_API_URL"] = (state / "prefect" / "api_url").read_text().strip()
+    env.update(PrefectServer(state).client_env())  # this scenario's server and its auth
     children = []
     try:
         run("init", "--params", params_path, "--models", "mnist-cnn")
@@ -120,26 +125,29 @@ def _burst(state: Path, params_path: str, n: int, workers: int, models: int, bat
         params = yaml.safe_load(rt.params_path.read_text())
         params["models"] = {name: {"family": "classifier", "arch": "mnist_cnn"} for name in names}
         params.setdefault("queue", {})["batch_max"] = 8 if batching else 1
+        params.setdefault("authorization", {})["daily_share_without_approval"] = 1.0  # throughput, not quotas
         rt.params_path.write_text(yaml.safe_dump(params))
+        portal = Identity.create(state, "bench-portal", "subject", tempfile.mkdtemp(prefix="unlearnops-bench-keys-"))
         for name in names[1:]:  # more served models: copies of the base, each its own chain
             rt.registry.add_model(name, rt.registry.model_path("mnist-cnn"), {"method": "train"})
         for _ in range(workers):
             children.append(subprocess.Popen([_unlearn(), "worker", "--state-dir", str(state), "--limit", "1"], env=env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         from flows.submit import submit_payload
         from flows.warm import process_request_task
 
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):  # this scenario's server
-            _warm_up(rt, process_request_task, names[0])
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"],  # this scenario's server
+                                         PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
+            _warm_up(rt, portal, process_request_task, names[0])
             subjects = sorted(set(_train_subjects(rt)))[10:10 + n]
             started = time.perf_counter()
             submitted = {}
             for i, subject in enumerate(subjects):
                 body = {"subject_id": subject, "kind": "subject", "model": names[i % len(names)],
                         "forget": {"subject": subject}}
-                request_id, _ = submit_payload(rt, json.dumps(body).encode(), notify=False)
+                request_id, _ = submit_payload(rt, portal.sign(body), notify=False)
                 submitted[request_id] = time.perf_counter()
                 process_request_task.delay(request_id=request_id, state_dir=str(state))
         finished = {}
@@ -164,13 +172,13 @@ def _burst(state: Path, params_path: str, n: int, workers: int, models: int, bat
         subprocess.run([_unlearn(), "down"], env=env, capture_output=True)
 
 
-def _warm_up(rt, task, model: str) -> None:
+def _warm_up(rt, portal, task, model: str) -> None:
     """One request through the workers first, so the burst does not time their first imports."""
     from flows.submit import submit_payload
 
     subject = sorted(set(_train_subjects(rt)))[0]
     body = {"subject_id": subject, "kind": "subject", "model": model, "forget": {"subject": subject}}
-    request_id, _ = submit_payload(rt, json.dumps(body).encode(), notify=False)
+    request_id, _ = submit_payload(rt, portal.sign(body), notify=False)
     task.delay(request_id=request_id, state_dir=str(rt.state_dir))
     deadline = time.perf_counter() + 900
     while rt.queue.status(request_id)["state"] != "done" and time.perf_counter() < deadline:
@@ -198,10 +206,14 @@ def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> lis
     env.pop("PREFECT_API_URL", None)
     run = lambda *args: subprocess.run([_unlearn(), *args], env=env, check=True, capture_output=True, text=True)  # noqa: E731
     run("up")
-    env["PREFECT_API_URL"] = (state / "prefect" / "api_url").read_text().strip()
+    env.update(PrefectServer(state).client_env())  # this scenario's server and its auth
     serve = None
     try:
         run("init", "--params", params_path, "--models", "mnist-cnn")
+        keys = tempfile.mkdtemp(prefix="unlearnops-bench-keys-")
+        submitter = Identity.create(state, "bench-governance", "governance", keys)
+        approver = Identity.create(state, "bench-approver", "governance", keys)
+        env.update({NAME_ENV: submitter.name, KEY_ENV: str(submitter.key_path)})
         serve = subprocess.Popen([_unlearn(), "serve", "--workers", str(workers), "--interval", "600"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         from adapters.runtime import Runtime
@@ -220,7 +232,7 @@ def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> lis
             else:
                 body = {"subject_id": spec["subject"], "kind": "subject", "model": "mnist-cnn",
                         "forget": {"subject": spec["subject"]}}
-            rows.append(_one(rt, state, run, label, body, timeout=900 if label == "warm-up" else 300))
+            rows.append(_one(rt, state, run, label, body, approver, timeout=900 if label == "warm-up" else 300))
     finally:
         if serve is not None:
             serve.terminate()
@@ -229,12 +241,16 @@ def _served(state: Path, params_path: str, n_per_kind: int, workers: int) -> lis
     return rows
 
 
-def _one(rt, state: Path, run, label: str, body: dict, timeout: float) -> dict:
+def _one(rt, state: Path, run, label: str, body: dict, approver, timeout: float) -> dict:
     request = state / "request.json"
     request.write_text(json.dumps(body))
     started, started_wall = time.perf_counter(), time.time()
-    request_id = run("submit", str(request)).stdout.split()[0]
+    out = run("submit", str(request)).stdout
+    request_id = out.split()[0]
     submit_s = time.perf_counter() - started
+    if "held for approval" in out:  # the service's latency starts when the human has decided
+        started, started_wall = time.perf_counter(), time.time()
+        run("approve", request_id, "--as", approver.name, "--key", str(approver.key_path))
     while rt.queue.status(request_id)["state"] not in ("done", "rejected", "failed", "dead_letter"):
         if time.perf_counter() - started > timeout:
             break

@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from flows.commands import audit, bench, data, gan, lm, pipeline, services
+from flows.commands import audit, bench, data, gan, governance, lm, pipeline, services
 
-COMMAND_GROUPS = (data, bench, services, pipeline, audit, gan, lm)
+COMMAND_GROUPS = (data, bench, services, pipeline, governance, audit, gan, lm)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """``unlearn demo``: the whole product on one laptop, from a fresh state.
 
 1. start the embedded S3 server, build MNIST-5k, train the base CNN, register it as prod;
-2. submit a class deletion (digit 3, zero-shot LRA-NPP with held-out substitute digits)
-   and a subject deletion (all samples of one data subject);
+2. register two governance submitters (private keys in a temporary directory, never in the state);
+   one signs a class deletion (digit 3, zero-shot LRA-NPP with held-out substitute digits), which is
+   held for approval and approved by the other, and a subject deletion (all samples of one data subject);
 3. process both through the ``process-request`` flow (Prefect ephemeral API);
 4. print the receipts and where the versions live; stop the S3 server (state kept).
 """
@@ -30,10 +31,14 @@ def run_demo(state_dir: str | None, params_path: str) -> int:
 def _run(state: Path, params_path: str, started: float) -> int:
     import numpy as np
 
-    from flows.submit import submit_payload
-    from flows.process_request import process_request
+    import uuid
+
     from adapters.services import EmbeddedS3
+    from adapters.submitters import Identity
+    from flows.approval import decide
+    from flows.process_request import process_request
     from flows.setup import init_pipeline
+    from flows.submit import submit_payload
     from unlearn_core.data import load_dataset
     from unlearn_core.receipts import render_markdown
 
@@ -50,8 +55,17 @@ def _run(state: Path, params_path: str, started: float) -> int:
              "forget": {"class": DEMO_CLASS}, "substitute": f"digit{DEMO_CLASS}.npz"},
             {"subject_id": subject, "kind": "subject", "model": "mnist-cnn", "forget": {"subject": subject}},
         ]
+        keys = tempfile.mkdtemp(prefix="unlearnops-demo-keys-")
+        tag = uuid.uuid4().hex[:6]  # submitter names are never reused, and a rerun on this state adds new ones
+        submitter = Identity.create(state, f"demo-governance-{tag}", "governance", keys)
+        approver = Identity.create(state, f"demo-approver-{tag}", "governance", keys)
+        print(f"== submitters {submitter.name} and {approver.name} (governance); private keys in {keys}")
         for payload in requests:
-            request_id, _ = submit_payload(rt, json.dumps(payload).encode(), notify=False)
+            request_id, _ = submit_payload(rt, submitter.sign(payload), notify=False)
+            held = rt.queue.status(request_id)
+            if held["state"] == "awaiting_approval":
+                print(f"== {payload['kind']} deletion {request_id} held: {held['details']['hold']['reason']}")
+                print(f"   {decide(rt, request_id, approver.name, True, 'demo: approved by a second person')}")
             print(f"== submitted {payload['kind']} deletion {request_id}; processing ...")
             outcome = process_request(request_id=request_id, state_dir=str(state))
             receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())

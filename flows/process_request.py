@@ -80,14 +80,15 @@ def process_request(request_id: str | None = None, state_dir: str | None = None,
     return outcome
 
 
-def _receipt(request, status: str, **fields) -> Receipt:
+def _receipt(lease: Lease, status: str, **fields) -> Receipt:
+    request = lease.request
     return Receipt(request_id=request.request_id, status=status, kind=request.kind, model=request.model,
-                   subject_id=request.subject_id, **fields)
+                   subject_id=request.subject_id, submitter=lease.submitter, approval=lease.approval, **fields)
 
 
 def _reject(rt: Runtime, lease: Lease, reason: str, reports: list) -> Receipt:
     request = lease.request
-    receipt = _receipt(request, "rejected", method=request.method, validation=[r.to_dict() for r in reports],
+    receipt = _receipt(lease, "rejected", method=request.method, validation=[r.to_dict() for r in reports],
                        reason=reason, timestamps={"submitted_at": request.submitted_at.isoformat(),
                                                   "rejected_at": now_iso()})
     paths = record_receipt(rt, receipt)  # signed, in the state dir and the registry
@@ -203,7 +204,7 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
         for lease, ids, validation in members:
             st = {**stamps[lease.request_id], "unlearned_at": now_iso()}
             receipts[lease.request_id] = _fail(rt, lease, _receipt(
-                lease.request, "failed", method=method, deleted_sample_ids=ids, parent_version=parent.semver,
+                lease, "failed", method=method, deleted_sample_ids=ids, parent_version=parent.semver,
                 prod_version=parent.semver, attempts=attempts, metrics_before=before, validation=validation,
                 timestamps=st, durations_s=durations, reason="no attempt passed the gates, exact retraining included"))
         return receipts
@@ -216,7 +217,8 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
                       parent_version=parent.semver, metrics_before=before,
                       metrics_after=family.headline(final.metrics), gates=final.gates,
                       attempts=[a.method for a in attempts], code_version=code_version(),
-                      stamps=stamps[primary.request_id])
+                      stamps=stamps[primary.request_id],
+                      submitters={lease.request_id: lease.submitter for lease, _, _ in members})
     with _timed(durations, "commit_s"):
         version = t.commit_version(rt, family, model_name, chosen, dataset, primary, parent.semver,
                                    lineage.to_dict(), {lease.request_id: ids for lease, ids, _ in members},
@@ -270,7 +272,7 @@ def _publish(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, version: Ver
               "superseded_data_erased_at": now_iso()}
         ids = (deleted or {}).get(request.request_id)
         receipt = _receipt(
-            request, "done", method=lineage.get("method"),
+            lease, "done", method=lineage.get("method"),
             deleted_sample_ids=ids if ids is not None else _own_ids(rt, request, lineage),
             parent_version=lineage.get("parent_version"), new_version=version.semver, prod_version=prod,
             batch=[rid for rid in batch if rid != request.request_id], attempts=attempts or [],

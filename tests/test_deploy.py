@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from signed import APPROVER, client_env, submitter_key
 from test_pipeline import class_payload
 
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
@@ -19,7 +20,8 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
     rt = pipeline
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "UNLEARNOPS_STATE_DIR": str(rt.state_dir)}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "UNLEARNOPS_STATE_DIR": str(rt.state_dir),
+           **client_env(rt.state_dir)}
     out = subprocess.run([UNLEARN, "deploy", "--pool", "unlearnops-test"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     with get_client(sync_client=True) as client:
@@ -39,6 +41,9 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
         payload.write_bytes(class_payload(rt))
         request_id = subprocess.run([UNLEARN, "submit", str(payload)], env=env, capture_output=True, text=True,
                                     check=True).stdout.split()[0]
+        # held (a class deletion): approved at once; the approval's event starts process-request on the pool
+        subprocess.run([UNLEARN, "approve", request_id, "--as", APPROVER, "--key",
+                        str(submitter_key(rt.state_dir, APPROVER))], env=env, check=True, capture_output=True)
         deadline = time.time() + 420
         while rt.queue.status(request_id)["state"] not in ("done", "failed", "rejected", "dead_letter"):
             assert time.time() < deadline and worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -50,5 +55,6 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
         worker.terminate()
         worker.wait(timeout=60)
         with get_client(sync_client=True) as client:  # later tests serve deployments of the same names
-            for name in ("process-request/process-request", "watch-queue/watch-queue", "retention/retention"):
+            for name in ("process-request/process-request", "await-approval/await-approval",
+                         "watch-queue/watch-queue", "retention/retention"):
                 client.delete_deployment(client.read_deployment_by_name(name).id)

@@ -1,4 +1,6 @@
-"""The event path: `unlearn submit` emits an event; the served process-request deployment runs at once."""
+"""The event path: `unlearn submit` emits an event; the served deployments run at once. A class deletion is
+held: the held event starts the served await-approval run, which pauses (Prefect's human-in-the-loop) until
+`unlearn approve`; the approval's submitted event then triggers process-request."""
 from __future__ import annotations
 
 import json
@@ -8,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+from signed import APPROVER, client_env, submitter_key
 from test_pipeline import class_payload
 
 
 def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     rt = pipeline
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "UNLEARNOPS_STATE_DIR": str(rt.state_dir)}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "UNLEARNOPS_STATE_DIR": str(rt.state_dir),
+           **client_env(rt.state_dir)}
     unlearn = str(Path(sys.executable).with_name("unlearn"))
     log = open(tmp_path / "serve.log", "w")
     # --workers 0: no warm worker, so the event-triggered deployment (a fresh process per run) does the work
@@ -27,6 +32,11 @@ def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
         payload.write_bytes(class_payload(rt))
         out = subprocess.run([unlearn, "submit", str(payload)], env=env, capture_output=True, text=True, check=True)
         request_id = out.stdout.split()[0]
+        assert "held for approval" in out.stdout
+        run_id = _wait_for_paused_approval(rt, request_id, server, tmp_path, timeout=120)
+        approve = subprocess.run([unlearn, "approve", request_id, "--as", APPROVER, "--key",
+                                  str(submitter_key(rt.state_dir, APPROVER))], env=env, capture_output=True, text=True)
+        assert approve.returncode == 0 and json.loads(approve.stdout)["prompt_closed"], approve.stderr
         deadline = time.time() + 240
         while time.time() < deadline and rt.queue.status(request_id)["state"] not in ("done", "rejected", "dead_letter"):
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
@@ -35,9 +45,30 @@ def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
         assert status["state"] == "done", (tmp_path / "serve.log").read_text()[-3000:]
         receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
         assert receipt["new_version"] == "v0.0.2" and rt.registry.prod("mnist-cnn").semver == "v0.0.2"
+        assert receipt["approval"]["decided_by"] == APPROVER
+        with get_client(sync_client=True) as client:  # the paused run woke up and finished
+            deadline = time.time() + 60
+            while not client.read_flow_run(run_id).state.is_final() and time.time() < deadline:
+                time.sleep(1)
+            assert client.read_flow_run(run_id).state.is_completed()
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _wait_for_paused_approval(rt, request_id: str, server, tmp_path, timeout: float) -> str:
+    """The id of the served await-approval run once it is paused for the request."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.time() + timeout
+    with get_client(sync_client=True) as client:
+        while time.time() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            run_id = rt.queue.status(request_id)["details"]["hold"].get("flow_run_id")
+            if run_id and client.read_flow_run(run_id).state.is_paused():
+                return run_id
+            time.sleep(1)
+    raise AssertionError("no await-approval run paused: " + (tmp_path / "serve.log").read_text()[-3000:])
 
 
 def _wait_for_deployment(name: str, timeout: float) -> None:

@@ -74,7 +74,10 @@ def test_compose_runs_prefect_and_the_queue_on_postgres_without_secrets():
     assert worker["UNLEARNOPS_QUEUE_URL"].startswith("postgresql://") and "@queue-db:" in worker["UNLEARNOPS_QUEUE_URL"]
     assert {"prefect-server", "queue-db", "minio-init"} <= set(services["worker"]["depends_on"])
     assert "unlearn deploy" in services["worker"]["command"]
+    server = services["prefect-server"]["environment"]  # the server wants basic auth; the worker presents it
+    assert server["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_AUTH_STRING")
+    assert worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
     for name, service in services.items():  # every secret comes from infra/.env, none is written here
         for key, value in (service.get("environment") or {}).items():
-            if any(word in key for word in ("PASSWORD", "SECRET", "ACCESS_KEY")):
+            if any(word in key for word in ("PASSWORD", "SECRET", "ACCESS_KEY", "AUTH")):
                 assert str(value).startswith("${"), (name, key)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.submit import submit_payload
+from signed import submit_signed
 from flows.process_request import process_request
 from flows.watch_queue import watch_queue
 from unlearn_core.data import load_dataset, load_images, read_manifest
@@ -59,7 +59,7 @@ def test_class_deletion_end_to_end(pipeline, tmp_path, caplog):
               if r["label"] == FORGET_CLASS and r["split"] == "train"]
     doomed_bytes = forgotten_bytes(rt, doomed[:50])
 
-    request_id, created = submit_payload(rt, class_payload(rt))
+    request_id, created = submit_signed(rt, class_payload(rt))
     assert created and rt.queue.status(request_id)["state"] == "pending"
     with caplog.at_level(logging.DEBUG):
         outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
@@ -91,8 +91,8 @@ def test_class_deletion_end_to_end(pipeline, tmp_path, caplog):
 
 def test_same_request_twice_is_one_unlearning(pipeline):
     rt = pipeline
-    first, created = submit_payload(rt, class_payload(rt))
-    again, created_again = submit_payload(rt, class_payload(rt))
+    first, created = submit_signed(rt, class_payload(rt))
+    again, created_again = submit_signed(rt, class_payload(rt))
     assert created and not created_again and again == first
     watch_queue(state_dir=str(rt.state_dir))
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1", "v0.0.2"]
@@ -105,7 +105,7 @@ def test_substitute_from_training_set_is_rejected_and_nothing_changes(pipeline):
     payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
                           "forget": {"class": FORGET_CLASS}, "substitute": name}).encode()
     before_data = stored_image_bytes(rt.registry.data_dir())
-    request_id, _ = submit_payload(rt, payload)
+    request_id, _ = submit_signed(rt, payload)
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome["status"] == "rejected"
     assert rt.queue.status(request_id)["state"] == "rejected"
@@ -129,7 +129,7 @@ def test_substitute_from_training_set_is_rejected_and_nothing_changes(pipeline):
 ])
 def test_bad_submissions_enqueue_nothing(pipeline, payload, field):
     with pytest.raises(InputError) as err:
-        submit_payload(pipeline, payload)
+        submit_signed(pipeline, payload)
     assert err.value.field == field
     assert pipeline.queue.counts().get("pending", 0) == 0
 
@@ -140,7 +140,7 @@ def test_gate_failure_escalates_to_exact_retraining(pipeline):
     params["gates"]["per_method"] = {"lra_npp": {"max_ta_drop": -1.0},  # no LRA-NPP model can pass
                                      "retrain": {"max_ra_drop": 0.1, "max_ta_drop": 0.1}}  # 1-epoch seed noise
     rt.params_path.write_text(yaml.safe_dump(params))
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome["status"] == "done"
     receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
@@ -157,7 +157,7 @@ def test_gates_failing_after_escalation_is_terminal(pipeline):
     params = yaml.safe_load(rt.params_path.read_text())
     params["gates"]["per_method"] = {m: {"max_ta_drop": -1.0} for m in ("lra_npp", "retrain")}
     rt.params_path.write_text(yaml.safe_dump(params))
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome == {"request_id": request_id, "status": "failed", "new_version": None}
     status = rt.queue.status(request_id)
@@ -183,7 +183,7 @@ def dead_worker_claim(rt, request_id):
 
 def test_live_lease_blocks_other_workers(pipeline):
     rt = pipeline
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     assert rt.queue.claim_id(request_id, "busy-worker") is not None
     assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "not claimable"
     assert [v.semver for v in rt.registry.versions("mnist-cnn")] == ["v0.0.1"]
@@ -191,7 +191,7 @@ def test_live_lease_blocks_other_workers(pipeline):
 
 def test_expired_lease_is_redelivered_and_yields_one_version(pipeline):
     rt = pipeline
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     assert dead_worker_claim(rt, request_id) is not None
     outcome = watch_queue(state_dir=str(rt.state_dir))
     assert [o["status"] for o in outcome] == ["done"]
@@ -206,7 +206,7 @@ def test_worker_died_after_commit_resumes_the_same_version(pipeline):
     from unlearn_core.models import load_model
 
     rt = pipeline
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     lease = dead_worker_claim(rt, request_id)
     parent, _ = load_model(rt.registry.model_path("mnist-cnn"))
     ids = [r["sample_id"] for r in read_manifest(rt.registry.data_dir())
@@ -229,7 +229,7 @@ def test_s3_down_during_push_keeps_prod_then_resumes(pipeline, monkeypatch, s3):
     from adapters.services import free_port
 
     rt = pipeline
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     monkeypatch.setenv("UNLEARNOPS_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(Exception, match="push"):
         process_request(request_id=request_id, state_dir=str(rt.state_dir))
@@ -252,7 +252,7 @@ def test_pending_subject_deletions_are_forgotten_as_one_batch(pipeline):
 
     rt = pipeline
     subjects = sorted({r["subject_id"] for r in read_manifest(rt.registry.data_dir()) if r["split"] == "train"})[:4]
-    ids = [submit_payload(rt, json.dumps({"subject_id": s, "kind": "subject", "model": "mnist-cnn",
+    ids = [submit_signed(rt, json.dumps({"subject_id": s, "kind": "subject", "model": "mnist-cnn",
                                           "forget": {"subject": s}}).encode())[0] for s in subjects]
     outcome = process_request(request_id=ids[0], state_dir=str(rt.state_dir))
     assert outcome["status"] == "done" and outcome["new_version"] == "v0.0.2"

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from flows.submit import submit_payload
+from signed import submit_signed
 from flows.process_request import process_request
 
 TINY_GAN = {"gan": {"epochs": 2, "reference_epochs": 1}}
@@ -30,7 +30,7 @@ def gan_pipeline(tmp_path_factory, s3, prefect_api, pipeline_template):
 def test_gan_class_deletion_through_the_flow(gan_pipeline):
     rt = gan_pipeline
     payload = {"subject_id": "governance", "kind": "class", "model": "mnist-gan", "forget": {"class": 7}}
-    request_id, _ = submit_payload(rt, json.dumps(payload).encode())
+    request_id, _ = submit_signed(rt, json.dumps(payload).encode())
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     receipt = json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
     first = receipt["attempts"][0]
@@ -50,4 +50,4 @@ def test_gan_request_for_unknown_model_is_refused(gan_pipeline):
 
     payload = {"subject_id": "s", "kind": "class", "model": "mnist-cnn", "forget": {"class": 7}}
     with pytest.raises(InputError, match="model"):
-        submit_payload(gan_pipeline, json.dumps(payload).encode())  # this state serves no classifier
+        submit_signed(gan_pipeline, json.dumps(payload).encode())  # this state serves no classifier

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from flows.process_request import process_request
-from flows.submit import submit_payload
+from signed import submit_signed
 from unlearn_core.errors import InputError
 from unlearn_core.lm.corpus import load_corpus
 
@@ -49,7 +49,7 @@ def test_subject_deletion_forgets_the_author_and_erases_their_rows(lm_pipeline):
     rows = before.rows_of([author])
     name = rows[0].question.split("born")[0].replace("Where was", "").strip()
     payload = {"subject_id": author, "kind": "subject", "model": "tofu-gpt2", "forget": {"subject": author}}
-    request_id, _ = submit_payload(rt, json.dumps(payload).encode())
+    request_id, _ = submit_signed(rt, json.dumps(payload).encode())
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     receipt_text = (rt.receipts_dir / f"{request_id}.json").read_text()
     receipt = json.loads(receipt_text)
@@ -92,7 +92,7 @@ def test_samples_deletion_removes_just_those_rows(lm_pipeline):
     before = corpus(rt)
     doomed = [r.qa_id for r in before.of_set("authors")[:2]]
     payload = {"subject_id": "user-9", "kind": "samples", "model": "tofu-gpt2", "forget": {"sample_ids": doomed}}
-    request_id, _ = submit_payload(rt, json.dumps(payload).encode())
+    request_id, _ = submit_signed(rt, json.dumps(payload).encode())
     outcome = process_request(request_id=request_id, state_dir=str(rt.state_dir))
     assert outcome["status"] == "done"
     after = corpus(rt)
@@ -108,6 +108,6 @@ def test_bad_lm_requests_are_refused_at_submit_and_enqueue_nothing(lm_pipeline, 
     rt = lm_pipeline
     counts = rt.queue.counts()
     with pytest.raises(InputError) as err:
-        submit_payload(rt, json.dumps({"subject_id": "s", "model": "tofu-gpt2", **body}).encode())
+        submit_signed(rt, json.dumps({"subject_id": "s", "model": "tofu-gpt2", **body}).encode())
     assert err.value.field == field
     assert rt.queue.counts() == counts

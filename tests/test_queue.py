@@ -115,7 +115,7 @@ def test_claim_ack(queue, clock):
     assert status["result"] == {"model_version": "v2", "forgotten": 400}
     assert status["request"]["forget"] == {"class": 1}
     assert [h["to"] for h in status["history"]] == ["pending", "leased", "done"]
-    assert queue.counts() == {"pending": 0, "leased": 1, "done": 1, "failed": 0, "dead_letter": 0, "rejected": 0}
+    assert queue.counts() == {"awaiting_approval": 0, "pending": 0, "leased": 1, "done": 1, "failed": 0, "dead_letter": 0, "rejected": 0}
     assert [s["request_id"] for s in queue.list(["leased"])] == [b.request_id]
     with pytest.raises(InputError):
         queue.status("no-such-id")
@@ -437,3 +437,41 @@ def test_runtime_opens_postgres_from_the_environment_else_sqlite_in_the_state_di
     with pytest.raises(InputError) as info:
         Runtime(tmp_path).queue
     assert info.value.field == QUEUE_URL_ENV
+
+
+def test_held_request_is_never_claimed_until_approved_and_keeps_its_submitter(queue, clock):
+    rid, created = queue.enqueue(request(), submitter="gov-a", forget_rows=800, hold="class deletion: needs approval")
+    assert created and queue.status(rid)["state"] == "awaiting_approval"
+    assert queue.claim("w1") is None  # held: invisible to workers
+    assert queue.usage("gov-a", clock.now - 86400) == (1, 0)  # held: on no one's unapproved budget
+    queue.enqueue(request(cls=5), submitter="gov-a", forget_rows=7)
+    assert queue.usage("gov-a", clock.now - 86400) == (2, 7) and queue.usage("other", 0) == (0, 0)
+    assert queue.usage("gov-a", clock.now + 1) == (2, 0)  # only the last 24 h count
+    queue.set_approval_run(rid, "run-1")
+    clock.now += 5
+    queue.approve(rid, "gov-b", "checked with the product owner")
+    view = queue.status(rid)
+    assert view["state"] == "pending" and view["submitter"] == "gov-a" and view["forget_rows"] == 800
+    hold = view["details"]["hold"]
+    assert (hold["decision"], hold["decided_by"], hold["flow_run_id"]) == ("approved", "gov-b", "run-1")
+    assert [h["to"] for h in view["history"]] == ["awaiting_approval", "pending"]
+    assert queue.usage("gov-a", clock.now - 86400) == (2, 7)  # approved by a human: still off the budget
+    lease = queue.claim("w1")
+    assert lease.request_id == rid and lease.submitter == "gov-a" and lease.approval["decided_by"] == "gov-b"
+    with pytest.raises(IllegalTransition):  # decided once: a late second decision changes nothing
+        queue.decline(rid, "gov-c", "too late")
+
+
+def test_declined_and_escalated_holds(queue, clock):
+    rid, _ = queue.enqueue(request(), submitter="gov-a", forget_rows=800, hold="class deletion")
+    assert queue.escalate(rid, "deadline passed") and not queue.escalate(rid, "again")  # marked once
+    assert queue.status(rid)["details"]["hold"]["escalated_at"]
+    queue.decline(rid, "gov-b", "removes a product capability", receipt="receipts/x.json")
+    view = queue.status(rid)
+    assert view["state"] == "rejected" and view["details"]["error"] == "rejected by gov-b: removes a product capability"
+    assert not queue.escalate(rid, "late") and queue.usage("gov-a", 0) == (0, 0)  # rejected rows do not count
+    with pytest.raises(IllegalTransition):
+        queue.approve(rid, "gov-b")
+    other, _ = queue.enqueue(request(cls=4), submitter="gov-a", forget_rows=10)
+    with pytest.raises(IllegalTransition):  # only held requests take a decision
+        queue.approve(other, "gov-b")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from flows.submit import submit_payload
+from signed import client_env, submit_signed
 from test_pipeline import FORGET_CLASS, class_payload
 from unlearn_core.data import load_dataset
 
@@ -131,15 +131,15 @@ def test_concurrent_requests_keep_every_deletion(service, tmp_path):
     watcher = GpuSlotWatcher()
     watcher.start()
     try:
-        first = [submit_payload(rt, _subject_payload(rt, s), notify=False)[0] for s in subjects[:2]]
+        first = [submit_signed(rt, _subject_payload(rt, s), notify=False)[0] for s in subjects[:2]]
         for request_id in first:
             process_request_task.delay(request_id=request_id, state_dir=str(rt.state_dir))
         assert set(_wait_terminal(rt, first, 600, tmp_path, workers).values()) == {"done"}
         _assert_one_chain(rt, "mnist-cnn", first)
 
-        burst = [submit_payload(rt, class_payload(rt), notify=False)[0]]
-        burst += [submit_payload(rt, _subject_payload(rt, s), notify=False)[0] for s in subjects[2:11]]
-        other = [submit_payload(rt, _subject_payload(rt, s, model="mnist-cnn-b"), notify=False)[0]
+        burst = [submit_signed(rt, class_payload(rt), notify=False)[0]]
+        burst += [submit_signed(rt, _subject_payload(rt, s), notify=False)[0] for s in subjects[2:11]]
+        other = [submit_signed(rt, _subject_payload(rt, s, model="mnist-cnn-b"), notify=False)[0]
                  for s in subjects[20:22]]
         for request_id in burst + other:
             process_request_task.delay(request_id=request_id, state_dir=str(rt.state_dir))
@@ -174,7 +174,7 @@ def test_killed_worker_mid_request_is_finished_once(service, tmp_path):
 
     rt, workers, _ = service
     subject = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[0]
-    request_id, _ = submit_payload(rt, _subject_payload(rt, subject, method="retrain"), notify=False)
+    request_id, _ = submit_signed(rt, _subject_payload(rt, subject, method="retrain"), notify=False)
     process_request_task.delay(request_id=request_id, state_dir=str(rt.state_dir))
     deadline = time.time() + 300
     while rt.queue.status(request_id)["state"] != "leased":
@@ -204,7 +204,7 @@ def test_method_slower_than_the_lease_is_done_once(service, tmp_path):
 
     rt, workers, _ = service
     subject = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[1]
-    request_id, _ = submit_payload(rt, _subject_payload(rt, subject, method="retrain"), notify=False)
+    request_id, _ = submit_signed(rt, _subject_payload(rt, subject, method="retrain"), notify=False)
     started = time.time()
     for _ in workers:
         process_request_task.delay(request_id=request_id, state_dir=str(rt.state_dir))
@@ -219,9 +219,10 @@ def test_submit_returns_fast_and_the_warm_worker_processes_it(service, tmp_path)
     """`unlearn submit` enqueues, hands the request to a warm worker through Prefect and returns."""
     rt, workers, env = service
     payload = tmp_path / "request.json"
-    payload.write_bytes(class_payload(rt))
+    subject = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[40]
+    payload.write_bytes(_subject_payload(rt, subject))  # a subject's own deletion: no approval to wait for
     started = time.time()
-    out = subprocess.run([UNLEARN, "submit", str(payload)], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([UNLEARN, "submit", str(payload)], env={**env, **client_env(rt.state_dir)}, capture_output=True, text=True, check=True)
     submit_s = time.time() - started
     request_id = out.stdout.split()[0]
     assert _wait_terminal(rt, [request_id], 600, tmp_path, workers)[request_id] == "done"
@@ -240,7 +241,7 @@ def test_burst_on_postgres_two_models_batched(pipeline, tmp_path, monkeypatch, p
     try:
         subjects = sorted(set(load_dataset(rt.registry.data_dir()).train.subjects))[30:36]
         models = ["mnist-cnn", "mnist-cnn-b"] * 3
-        ids = [submit_payload(rt, _subject_payload(rt, s, model=m), notify=False)[0] for s, m in zip(subjects, models)]
+        ids = [submit_signed(rt, _subject_payload(rt, s, model=m), notify=False)[0] for s, m in zip(subjects, models)]
         assert type(rt.queue).__name__ == "PostgresRequestQueue" and rt.queue.counts()["pending"] == 6
         for request_id in ids:
             process_request_task.delay(request_id=request_id, state_dir=str(rt.state_dir))

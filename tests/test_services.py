@@ -1,8 +1,11 @@
 """Embedded services: real ``rclone serve s3`` and a real background ``prefect server start``."""
 from __future__ import annotations
 
+import base64
+
 import json
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,6 +65,16 @@ def test_up_down_start_and_stop_real_processes(tmp_path, capsys, monkeypatch):
     assert _running(s3_pid) and _running(prefect_pid)
     url = prefect.api_url()
     with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+        assert resp.status == 200
+    auth = prefect.client_env()["PREFECT_API_AUTH_STRING"]  # the API itself wants the generated basic auth
+    assert oct(prefect.auth_file.stat().st_mode & 0o777) == "0o600" and auth not in out
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/flows/filter", data=b"{}", method="POST"), timeout=5)
+    assert denied.value.code == 401
+    token = base64.b64encode(auth.encode()).decode()
+    authed = urllib.request.Request(f"{url}/flows/filter", data=b"{}", method="POST",
+                                    headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(authed, timeout=5) as resp:
         assert resp.status == 200
     cfg = s3_config(state)
     assert cfg.bucket in {b["Name"] for b in cfg.client().list_buckets()["Buckets"]}

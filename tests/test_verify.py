@@ -26,7 +26,7 @@ def done(tmp_path_factory, s3, prefect_api):
     from fixtures_prefect import TEST_PARAMS
     from flows.process_request import process_request
     from flows.setup import init_pipeline
-    from flows.submit import submit_payload
+    from signed import submit_signed
 
     s3.client().create_bucket(Bucket=BUCKET)
     saved = {k: os.environ.get(k) for k in ("UNLEARNOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -39,7 +39,7 @@ def done(tmp_path_factory, s3, prefect_api):
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     rt = init_pipeline(root / "state", root / "params.yaml", models=["mnist-cnn"], progress=lambda *_: None)
-    request_id, _ = submit_payload(rt, class_payload(rt))
+    request_id, _ = submit_signed(rt, class_payload(rt))
     assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "done"
     yield rt, request_id
     for key, value in saved.items():
@@ -111,7 +111,7 @@ def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
     import torch
 
     from flows.process_request import process_request
-    from flows.submit import submit_payload
+    from signed import submit_signed
     from unlearn_core.data import load_dataset
 
     rt, _ = done
@@ -121,7 +121,7 @@ def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
              labels=np.full(len(images), 4))
     payload = json.dumps({"subject_id": "governance", "kind": "class", "model": "mnist-cnn",
                           "forget": {"class": 4}, "substitute": "leaky4.npz"}).encode()
-    request_id, _ = submit_payload(rt, payload)
+    request_id, _ = submit_signed(rt, payload)
     assert process_request(request_id=request_id, state_dir=str(rt.state_dir))["status"] == "rejected"
     assert (rt.registry_dir / "receipts" / f"{request_id}.json").exists()
     assert run_verify(rt, request_id) == 0
@@ -247,7 +247,7 @@ def test_retention_erases_superseded_models_and_old_receipts_still_verify(done, 
     from adapters.runtime import Runtime
     from flows.process_request import process_request
     from flows.retention import retention
-    from flows.submit import submit_payload
+    from signed import submit_signed
 
     rt0, first = done
     shutil.copytree(rt0.state_dir, tmp_path / "state", symlinks=True)
@@ -257,7 +257,7 @@ def test_retention_erases_superseded_models_and_old_receipts_still_verify(done, 
     rt = Runtime.from_env(tmp_path / "state")
     body = {"subject_id": "data-subject", "kind": "subject", "model": "mnist-cnn",
             "forget": {"subject": "subject-0007"}, "method": "retrain"}
-    second, _ = submit_payload(rt, json.dumps(body).encode())
+    second, _ = submit_signed(rt, json.dumps(body).encode())
     assert process_request(request_id=second, state_dir=str(rt.state_dir))["new_version"] == "v0.0.3"
     deprecated = rt.registry.deprecated_at("mnist-cnn")
     assert sorted(deprecated) == ["v0.0.1", "v0.0.2"]  # GTO deprecation at promotion

@@ -57,6 +57,7 @@ class Lineage:
     attempts: list[str]
     code_version: str
     stamps: dict[str, str]
+    submitters: dict[str, str | None] = field(default_factory=dict)  # request id -> who signed it
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "gates": self.gates.to_dict()}
@@ -69,6 +70,8 @@ class Receipt:
     kind: str
     model: str
     subject_id: str
+    submitter: str | None = None  # the registered submitter that signed the request
+    approval: dict | None = None  # held requests: why, and who decided when
     method: str | None = None
     deleted_sample_ids: list[str] = field(default_factory=list)
     parent_version: str | None = None
@@ -123,13 +126,18 @@ def render_markdown(receipt: dict) -> str:
     ids = receipt.get("deleted_sample_ids") or []
     lines = [f"# Deletion receipt {receipt['request_id']}", "",
              f"- status: **{receipt['status']}**",
-             f"- model: `{receipt['model']}`  kind: `{receipt['kind']}`  subject: `{receipt['subject_id']}`",
+             f"- model: `{receipt['model']}`  kind: `{receipt['kind']}`  subject: `{receipt['subject_id']}`"
+             f"  submitter: `{receipt.get('submitter')}`",
              f"- method: `{receipt.get('method')}`",
              f"- versions: `{receipt.get('parent_version')}` -> `{receipt.get('new_version')}`"
              f" (prod: `{receipt.get('prod_version')}`)",
              f"- deleted samples: {len(ids)} (ids listed in the JSON receipt)"]
     if receipt.get("reason"):
         lines.append(f"- reason: {receipt['reason']}")
+    approval = receipt.get("approval") or {}
+    if approval:
+        lines.append(f"- held: {approval.get('reason')}; {approval.get('decision', 'undecided')} by "
+                     f"`{approval.get('decided_by')}` at {approval.get('decided_at')}")
     before, after = receipt.get("metrics_before") or {}, receipt.get("metrics_after") or {}
     if after:
         lines += ["", "| metric | before | after |", "|---|---|---|"]

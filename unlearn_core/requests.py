@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -162,12 +163,13 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class RowIndex:
-    """The deletable rows of one kind of data: their ids, the subjects that still have rows, what is deleted."""
+    """The deletable rows of one kind of data: their ids, live rows per subject (and per class), what is deleted."""
 
     ids: set[str]
-    subjects: set[str]
+    subjects: dict[str, int]  # subject -> live rows
     tombstoned: set[str]
     name: str = "dataset manifest"
+    labels: dict[int, int] = field(default_factory=dict)  # class -> live rows (images only)
 
 
 @dataclass
@@ -180,7 +182,7 @@ class SubmitContext:
     substitute_root: Path
     bucket: str
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    corpus: RowIndex = RowIndex(set(), set(), set(), "corpus")  # the language models' QA corpus (data/corpus/)
+    corpus: RowIndex = RowIndex(set(), {}, set(), "corpus")  # the language models' QA corpus (data/corpus/)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path, **kwargs) -> "SubmitContext":
@@ -188,9 +190,10 @@ class SubmitContext:
         from .data import read_manifest, read_tombstones  # data imports torch; submit need not
         from .lm.corpus import read_row_index
 
-        rows = read_manifest(data_dir)
-        images = RowIndex({r["sample_id"] for r in rows}, {r["subject_id"] for r in rows if r["subject_id"]},
-                          {t["sample_id"] for t in read_tombstones(data_dir)})
+        stones = {t["sample_id"] for t in read_tombstones(data_dir)}
+        rows = [r for r in read_manifest(data_dir) if r["sample_id"] not in stones]
+        images = RowIndex({r["sample_id"] for r in rows}, Counter(r["subject_id"] for r in rows if r["subject_id"]),
+                          stones, labels=Counter(r["label"] for r in rows if r["split"] == "train"))
         corpus_dir = Path(data_dir) / "corpus"
         if corpus_dir.exists():
             kwargs["corpus"] = RowIndex(*read_row_index(corpus_dir), "corpus")
@@ -198,6 +201,17 @@ class SubmitContext:
 
     def index_for(self, family: str) -> RowIndex:
         return self.corpus if family == "lm" else self.images
+
+
+def forget_size(request: DeletionRequest, ctx: SubmitContext) -> tuple[int, int]:
+    """(rows the request deletes, deletable training rows) of its model's data, for the quotas."""
+    index = ctx.index_for(ctx.models[request.model].family)
+    total = sum(index.labels.values()) or len(index.ids)
+    if request.kind == "class":
+        return index.labels.get(request.forget.class_, 0), total
+    if request.kind == "samples":
+        return len(request.forget.sample_ids), total
+    return index.subjects.get(request.forget.subject, 0), total
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -213,6 +227,23 @@ def _reject_constant(name: str):
     raise InputError("payload", f"{name} is not valid JSON")
 
 
+def load_json_object(payload: bytes | str, max_bytes: int) -> dict:
+    """A JSON object from untrusted bytes: bounded size, UTF-8, no duplicate keys, no NaN; raise InputError."""
+    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+    if len(raw) > max_bytes:
+        raise InputError("payload", f"{len(raw)} bytes exceeds the {max_bytes}-byte limit "
+                                    "(requests carry ids and references, never data)")
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise InputError("payload", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError("payload", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise InputError("payload", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def parse_request(payload: bytes | str | dict, ctx: SubmitContext) -> DeletionRequest:
     """Validate a submitted payload against the schema and the current data; raise InputError."""
     if isinstance(payload, dict):
@@ -220,19 +251,8 @@ def parse_request(payload: bytes | str | dict, ctx: SubmitContext) -> DeletionRe
             payload = json.dumps(payload, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InputError("payload", f"not representable as JSON ({exc})") from None
-    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
-    if len(raw) > ctx.max_payload_bytes:
-        raise InputError("payload", f"{len(raw)} bytes exceeds the {ctx.max_payload_bytes}-byte limit "
-                                    "(requests carry ids and references, never data)")
-    try:
-        text = raw.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise InputError("payload", f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError("payload", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(obj, dict):
-        raise InputError("payload", f"expected a JSON object, got {type(obj).__name__}")
+    load_json_object(payload, ctx.max_payload_bytes)
+    text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
     try:
         request = DeletionRequest.model_validate_json(text, strict=True)
     except ValidationError as exc:

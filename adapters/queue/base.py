@@ -32,8 +32,11 @@ from unlearn_core.errors import InputError
 from unlearn_core.requests import DEFAULT_MAX_PAYLOAD_BYTES, DeletionRequest
 
 BATCHABLE_KINDS = ("samples", "subject")  # sample-level deletions one unlearning run can serve together
-STATES = ("pending", "leased", "done", "failed", "dead_letter", "rejected")
+STATES = ("awaiting_approval", "pending", "leased", "done", "failed", "dead_letter", "rejected")
+UNFINISHED = ("awaiting_approval", "pending", "leased")
 TRANSITIONS: dict[str, frozenset[str]] = {
+    # held for a human: approved -> pending, rejected -> rejected; -> itself when escalated (deadline passed)
+    "awaiting_approval": frozenset({"pending", "rejected", "awaiting_approval"}),
     "pending": frozenset({"leased", "rejected"}),
     # leased -> leased: an expired lease claimed again by another worker
     "leased": frozenset({"leased", "done", "failed", "pending", "dead_letter", "rejected"}),
@@ -81,6 +84,8 @@ class Lease:
     attempt: int
     fence: int  # fencing token: strictly increasing over all claims of the queue
     expires_at: float
+    submitter: str | None = None  # who signed the request (None: enqueued before submitters existed)
+    approval: dict | None = None  # a held request's hold: reason, decision, decided_by, decided_at
 
     @property
     def request_id(self) -> str:
@@ -166,9 +171,13 @@ class RequestQueue(ABC):
 
     # ------------------------------------------------------------ API
 
-    def enqueue(self, request: DeletionRequest) -> tuple[str, bool]:
-        """Add a request; the same idempotency key returns the existing id with created=False."""
+    def enqueue(self, request: DeletionRequest, submitter: str | None = None, forget_rows: int | None = None,
+                hold: str | None = None) -> tuple[str, bool]:
+        """Add a request (``awaiting_approval`` with ``hold`` as the reason, else ``pending``); the same
+        idempotency key returns the existing id with created=False."""
         now = self.clock()
+        state = "awaiting_approval" if hold else "pending"
+        details = json.dumps({"hold": {"reason": hold, "held_at": _iso(now)}}, sort_keys=True) if hold else None
         with self._write() as con:
             old = con.execute("SELECT request_id, payload FROM requests WHERE idempotency_key = ?",
                               (request.idempotency_key,)).fetchone()
@@ -180,12 +189,77 @@ class RequestQueue(ABC):
             if con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request.request_id,)).fetchone():
                 raise InputError("request_id", f"{request.request_id} is already in the queue")
             con.execute("INSERT INTO requests (request_id, idempotency_key, payload, model, kind, method, state, "
-                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        "created_at, updated_at, submitter, forget_rows, details) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (request.request_id, request.idempotency_key, request.to_json(), request.model,
-                         request.kind, request.method, now, now))
-            con.execute("INSERT INTO events (request_id, at, to_state) VALUES (?, ?, 'pending')",
-                        (request.request_id, now))
+                         request.kind, request.method, state, now, now, submitter, forget_rows, details))
+            con.execute("INSERT INTO events (request_id, at, to_state, note) VALUES (?, ?, ?, ?)",
+                        (request.request_id, now, state, hold))
         return request.request_id, True
+
+    def contains(self, request_id: str) -> bool:
+        with self._connect() as con:
+            return con.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+    def usage(self, submitter: str, since: float) -> tuple[int, int]:
+        """(unfinished requests, rows deleted by requests created since ``since`` that were never held for a
+        human and are not rejected) of a submitter: what its quotas count."""
+        with self._connect() as con:
+            pending = con.execute(f"SELECT COUNT(*) AS n FROM requests WHERE submitter = ? AND state IN "
+                                  f"({', '.join('?' * len(UNFINISHED))})", (submitter, *UNFINISHED)).fetchone()["n"]
+            rows = con.execute(  # what a human approved (or still has to decide) is not on the unapproved budget
+                "SELECT COALESCE(SUM(forget_rows), 0) AS n FROM requests WHERE submitter = ? AND created_at >= ? "
+                "AND state != 'rejected' AND NOT EXISTS (SELECT 1 FROM events WHERE events.request_id = "
+                "requests.request_id AND events.to_state = 'awaiting_approval')", (submitter, since)).fetchone()["n"]
+        return int(pending), int(rows)
+
+    def _held(self, con: Connection, request_id: str) -> tuple[Row, dict]:
+        row = self._row(con, request_id)
+        if row["state"] != "awaiting_approval":
+            raise IllegalTransition(request_id, row["state"], "a decision (it is not awaiting approval)")
+        return row, json.loads(row["details"] or "{}")
+
+    def approve(self, request_id: str, approver: str, note: str = "") -> None:
+        """A human approved a held request: it becomes claimable."""
+        now = self.clock()
+        with self._write() as con:
+            row, details = self._held(con, request_id)
+            details.setdefault("hold", {}).update(decision="approved", decided_by=approver, decided_at=_iso(now),
+                                                  note=note or None)
+            self._move(con, row, "pending", now, note=f"approved by {approver}" + (f": {note}" if note else ""),
+                       details=json.dumps(details, sort_keys=True))
+
+    def decline(self, request_id: str, approver: str, reason: str, receipt: str | None = None) -> None:
+        """A human rejected a held request: terminal ``rejected`` with the reason."""
+        now = self.clock()
+        with self._write() as con:
+            row, details = self._held(con, request_id)
+            details.setdefault("hold", {}).update(decision="rejected", decided_by=approver, decided_at=_iso(now))
+            details.update(error=f"rejected by {approver}: {reason}", receipt=receipt)
+            self._move(con, row, "rejected", now, note=f"rejected by {approver}: {reason}",
+                       details=json.dumps(details, sort_keys=True))
+
+    def escalate(self, request_id: str, note: str) -> bool:
+        """Mark a held request whose approval is overdue (once); False if it already was or is no longer held."""
+        now = self.clock()
+        with self._write() as con:
+            row = self._row(con, request_id)
+            details = json.loads(row["details"] or "{}")
+            if row["state"] != "awaiting_approval" or details.get("hold", {}).get("escalated_at"):
+                return False
+            details.setdefault("hold", {}).update(escalated_at=_iso(now), escalation=note)
+            self._move(con, row, "awaiting_approval", now, note=f"escalated: {note}",
+                       details=json.dumps(details, sort_keys=True))
+        return True
+
+    def set_approval_run(self, request_id: str, flow_run_id: str) -> None:
+        """Remember the paused Prefect flow run that asks a human about a held request."""
+        with self._write() as con:
+            row = self._row(con, request_id)
+            details = json.loads(row["details"] or "{}")
+            details.setdefault("hold", {})["flow_run_id"] = flow_run_id
+            con.execute("UPDATE requests SET details = ? WHERE request_id = ?",
+                        (json.dumps(details, sort_keys=True), request_id))
 
     def claim(self, worker_id: str) -> Lease | None:
         """Lease the oldest pending or lease-expired request, or None if there is none."""
@@ -248,7 +322,7 @@ class RequestQueue(ABC):
                 con.execute("UPDATE requests SET fence = ?, worker_id = ? WHERE request_id = ?",
                             (fence, worker_id, r["request_id"]))
                 leases.append(Lease(DeletionRequest.model_validate_json(r["payload"]), worker_id, attempt, fence,
-                                    expires))
+                                    expires, r["submitter"], json.loads(r["details"] or "{}").get("hold")))
         return leases
 
     def assert_current(self, lease: Lease) -> None:
@@ -346,6 +420,8 @@ class RequestQueue(ABC):
             "request_id": row["request_id"],
             "idempotency_key": row["idempotency_key"],
             "state": row["state"],
+            "submitter": row["submitter"],
+            "forget_rows": row["forget_rows"],
             "attempts": row["attempts"],
             "max_attempts": self.max_attempts,
             "worker_id": row["worker_id"],

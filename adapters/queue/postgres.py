@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at DOUBLE PRECISION NOT NULL,
     last_error TEXT,
     result TEXT,
-    details TEXT
+    details TEXT,
+    submitter TEXT,
+    forget_rows BIGINT
 );
 CREATE INDEX IF NOT EXISTS requests_claimable ON requests (state, seq);
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model, state);
@@ -75,6 +77,8 @@ class PostgresRequestQueue(RequestQueue):
         with self._write() as con:
             con.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))  # one creator at a time
             con.con.execute(_SCHEMA)
+            for name, typ in (("submitter", "TEXT"), ("forget_rows", "BIGINT")):  # queues made before submitters
+                con.con.execute(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {name} {typ}")
 
     @contextmanager
     def _connect(self) -> Iterator[_Connection]:

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at REAL NOT NULL,
     last_error TEXT,
     result TEXT,
-    details TEXT
+    details TEXT,
+    submitter TEXT,
+    forget_rows INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_claimable ON requests (state, seq);
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model, state);
@@ -59,6 +61,9 @@ class SqliteRequestQueue(RequestQueue):
                 for name in ("model", "kind", "method"):
                     con.execute(f"ALTER TABLE requests ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
                     con.execute(f"UPDATE requests SET {name} = coalesce(json_extract(payload, '$.{name}'), 'auto')")
+            for name, typ in (("submitter", "TEXT"), ("forget_rows", "INTEGER")):  # queues made before submitters
+                if columns and name not in columns:
+                    con.execute(f"ALTER TABLE requests ADD COLUMN {name} {typ}")
             con.executescript(_SCHEMA)
 
     @contextmanager

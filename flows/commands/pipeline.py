@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-STATE_HELP = "state directory (default: $UNLEARNOPS_STATE_DIR or ~/.unlearnops)"
+from flows.commands.governance import STATE_HELP, add_identity_args, identity
 
 
 
@@ -17,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated registry names (default: those of params.yaml with train_on_init)")
     p.set_defaults(handler=_init)
 
-    p = sub.add_parser("submit", help="validate and enqueue a deletion request (JSON file or - for stdin)")
-    p.add_argument("file", help="request JSON file, or - to read standard input")
+    p = sub.add_parser("submit", help="sign, validate and enqueue a deletion request (JSON file or - for stdin)")
+    p.add_argument("file", help="request JSON file, or - to read standard input: a plain request (signed here "
+                                "with --as/--key) or an envelope already signed by its submitter")
+    add_identity_args(p)
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.add_argument("--process", action="store_true", help="process it now in this process (no server needed)")
     p.set_defaults(handler=_submit)
@@ -46,8 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", default="unlearnops")
     p.set_defaults(handler=_deploy)
 
-    p = sub.add_parser("status", help="state, attempts and result of one request")
-    p.add_argument("request_id")
+    p = sub.add_parser("status", help="state, attempts and result of one request (none: the queue's counts and "
+                                      "every request awaiting approval)")
+    p.add_argument("request_id", nargs="?", default=None)
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
     p.set_defaults(handler=_status)
 
@@ -90,10 +94,20 @@ def _submit(args) -> int:
         payload = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     except OSError as exc:
         raise InputError("file", f"cannot read {args.file}: {exc.strerror}") from None
-    from flows.submit import submit_payload
+    from adapters.submitters import KEY_ENV
+    from flows.submit import sign_payload, submit_payload
 
+    if args.submitter or args.key or os.environ.get(KEY_ENV):  # sign here (an envelope is left as it is)
+        payload = sign_payload(payload, *identity(args))
     request_id, created = submit_payload(rt, payload, notify=not args.process)
-    print(f"{request_id} {'enqueued' if created else 'already submitted (same idempotency key)'}")
+    state = rt.queue.status(request_id)
+    if not created:
+        print(f"{request_id} already submitted (same idempotency key)")
+    elif state["state"] == "awaiting_approval":
+        print(f"{request_id} held for approval: {state['details']['hold']['reason']} "
+              f"(`unlearn approve {request_id}` or the Prefect UI)")
+    else:
+        print(f"{request_id} enqueued")
     if args.process:
         from adapters.services import TemporaryPrefectApi
 
@@ -155,7 +169,16 @@ def _deploy(args) -> int:
 
 
 def _status(args) -> int:
-    print(json.dumps(_runtime(args).queue.status(args.request_id), indent=2, default=str))
+    queue = _runtime(args).queue
+    if args.request_id:
+        print(json.dumps(queue.status(args.request_id), indent=2, default=str))
+        return 0
+    print(json.dumps(queue.counts()))
+    for view in queue.list(["awaiting_approval"]):
+        hold = (view["details"] or {}).get("hold") or {}
+        flag = f"ESCALATED {hold['escalated_at']}: " if hold.get("escalated_at") else ""
+        print(f"awaiting approval  {view['request_id']}  {view['request']['kind']:<7}  {view['request']['model']}  "
+              f"by {view['submitter']}  held {hold.get('held_at')}  {flag}{hold.get('reason')}")
     return 0
 
 

@@ -43,8 +43,9 @@ def _up(args) -> int:
         print(("Prefect already running" if server.running() else "Prefect server starting") + ":",
               end=" ", flush=True)
         url = server.ensure_started()
-        print(url)
+        print(f"{url} (basic auth; the string is in {server.auth_file}, mode 0600)")
         print(f"  export PREFECT_API_URL={url}")
+        print(f"  export PREFECT_API_AUTH_STRING=\"$(cat {server.auth_file})\"")
     return 0
 
 

@@ -25,6 +25,8 @@ On disk (what DVC versions)::
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import csv
 import hashlib
 import json
@@ -310,12 +312,12 @@ def _stored_rows(root: Path):
             yield json.loads(line)
 
 
-def read_row_index(corpus_dir: str | Path) -> tuple[set[str], set[str], set[str]]:
-    """(row ids, subjects with rows, tombstoned ids) of a corpus directory: what `unlearn submit` checks."""
+def read_row_index(corpus_dir: str | Path) -> tuple[set[str], Counter, set[str]]:
+    """(row ids, live rows per subject, tombstoned ids) of a corpus directory: what `unlearn submit` checks."""
     root = Path(corpus_dir)
-    rows = list(_stored_rows(root))
     stones = {t["qa_id"] for t in read_tombstones(root)}
-    return {r["qa_id"] for r in rows} - stones, {r["subject_id"] for r in rows if r["subject_id"]}, stones
+    rows = [r for r in _stored_rows(root) if r["qa_id"] not in stones]
+    return {r["qa_id"] for r in rows}, Counter(r["subject_id"] for r in rows if r["subject_id"]), stones
 
 
 def audit_view(corpus_dir: str | Path) -> tuple[set[str], set[str], set[str]]:
