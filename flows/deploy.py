@@ -47,9 +47,13 @@ def deploy(rt: Runtime, pool: str = POOL) -> None:
         raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
 
 
-def run_pool_worker(rt: Runtime, pool: str = POOL) -> int:
-    """A process worker for ``pool``: starts each flow run as a fresh process with the state dir set."""
+def run_pool_worker(rt: Runtime, pool: str = POOL, limit: int | None = None) -> int:
+    """A process worker for ``pool``: starts each flow run as a fresh process with the state dir set, at most
+    ``limit`` at once (Prefect's ``--limit``; None: no limit), so a machine takes no more runs than it can carry."""
     rt.require_initialised()
+    if limit is not None and limit < 1:
+        raise InputError("--limit", "must be >= 1")
     env = {**os.environ, "UNLEARNOPS_STATE_DIR": str(rt.state_dir), "UNLEARNOPS_PROJECT_DIR": str(PROJECT_DIR)}
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_POLL_S)
-    return subprocess.call([_prefect(), "worker", "start", "--pool", pool, "--type", "process"], env=env)
+    cmd = [_prefect(), "worker", "start", "--pool", pool, "--type", "process"]
+    return subprocess.call(cmd + (["--limit", str(limit)] if limit is not None else []), env=env)
