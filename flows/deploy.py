@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from adapters.runtime import Runtime
 from unlearn_core.errors import InputError
@@ -47,9 +48,15 @@ def deploy(rt: Runtime, pool: str = POOL) -> None:
         raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
 
 
-def run_pool_worker(rt: Runtime, pool: str = POOL) -> int:
-    """A process worker for ``pool``: starts each flow run as a fresh process with the state dir set."""
+def run_pool_worker(rt: Runtime, pool: str = POOL, limit: int | None = None) -> NoReturn:
+    """A process worker for ``pool``: starts each flow run as a fresh process with the state dir set, at most
+    ``limit`` at once (Prefect's ``--limit``; None: no limit), so a machine takes no more runs than it can carry."""
     rt.require_initialised()
+    if limit is not None and limit < 1:
+        raise InputError("--limit", "must be >= 1")
     env = {**os.environ, "UNLEARNOPS_STATE_DIR": str(rt.state_dir), "UNLEARNOPS_PROJECT_DIR": str(PROJECT_DIR)}
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_POLL_S)
-    return subprocess.call([_prefect(), "worker", "start", "--pool", pool, "--type", "process"], env=env)
+    cmd = [_prefect(), "worker", "start", "--pool", pool, "--type", "process"]
+    # exec, not a child: a signal sent to `unlearn worker --pool` then reaches Prefect's worker itself,
+    # which would otherwise outlive a terminated parent and keep polling
+    os.execve(cmd[0], cmd + (["--limit", str(limit)] if limit is not None else []), env)

@@ -52,7 +52,7 @@ def process_request(request_id: str | None = None, state_dir: str | None = None,
     """
     rt = Runtime.from_env(state_dir)
     t.ensure_gpu_limit()
-    worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    worker = worker_id or _default_worker_id()
     batch_models = [name for name in rt.models if rt.family(name).batches]
     leases = t.claim_requests(rt, request_id, worker, queue_params(rt.params).batch_max, batch_models)
     if not leases:
@@ -78,6 +78,15 @@ def process_request(request_id: str | None = None, state_dir: str | None = None,
     if len(leases) > 1:
         outcome["batch"] = {rid: r.status for rid, r in receipts.items()}
     return outcome
+
+
+def _default_worker_id() -> str:
+    """``host:pid:nonce``, plus ``@<name>`` of the Prefect work-pool worker that started this run (Prefect passes
+    it to the flow-run process as ``PREFECT__WORKER_NAME``): several pool workers on one host are then told apart
+    in the queue's history, where the flow-run process's pid alone says nothing once it has exited."""
+    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    pool_worker = os.environ.get("PREFECT__WORKER_NAME")
+    return f"{worker}@{pool_worker}" if pool_worker else worker
 
 
 def _receipt(lease: Lease, status: str, **fields) -> Receipt:

@@ -13,6 +13,24 @@ from signed import APPROVER, client_env, submitter_key
 from test_pipeline import class_payload
 
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
+DEPLOYMENTS = ("process-request/process-request", "await-approval/await-approval", "watch-queue/watch-queue",
+               "retention/retention")
+
+
+def delete_project_deployments() -> None:
+    """Remove what `unlearn deploy` applied: later tests serve deployments of the same names, and a trigger
+    left behind would answer their events with a 404."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name in DEPLOYMENTS:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            client.delete_resource_owned_automations(f"prefect.deployment.{deployment.id}")
+            client.delete_deployment(deployment.id)
 
 
 def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
@@ -54,7 +72,4 @@ def test_deploy_and_pool_worker_process_a_submitted_request(pipeline, tmp_path):
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        with get_client(sync_client=True) as client:  # later tests serve deployments of the same names
-            for name in ("process-request/process-request", "await-approval/await-approval",
-                         "watch-queue/watch-queue", "retention/retention"):
-                client.delete_deployment(client.read_deployment_by_name(name).id)
+        delete_project_deployments()

@@ -27,8 +27,8 @@ LEASE_S = 6.0
 UNLEARN = str(Path(sys.executable).with_name("unlearn"))
 
 
-def _start_service(rt, tmp_path, monkeypatch, limit: int = 2):
-    """Two models (mnist-cnn, mnist-cnn-b), a 6 s lease, two warm workers on the harness's Prefect server."""
+def _start_service(rt, tmp_path, monkeypatch, limit: int = 2, warm: int = 2):
+    """Two models (mnist-cnn, mnist-cnn-b), a 6 s lease, ``warm`` warm workers on the harness's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     params = yaml.safe_load(rt.params_path.read_text())
@@ -43,7 +43,7 @@ def _start_service(rt, tmp_path, monkeypatch, limit: int = 2):
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     env = {**os.environ, "UNLEARNOPS_STATE_DIR": str(rt.state_dir)}
     workers = []
-    for i in range(2):
+    for i in range(warm):
         log = open(tmp_path / f"worker{i}.log", "w")
         workers.append(subprocess.Popen([UNLEARN, "worker", "--state-dir", str(rt.state_dir), "--limit", str(limit)],
                                         env=env, stdout=log, stderr=subprocess.STDOUT))

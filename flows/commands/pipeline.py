@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("worker", help="a warm task worker (default) or, with --pool, a work-pool process worker")
     p.add_argument("--state-dir", default=None, help=STATE_HELP)
-    p.add_argument("--limit", type=int, default=2, help="requests run at once (one per model at most)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="requests run at once (default 2, one per model at most); with --pool: flow runs at once "
+                        "(default no limit)")
     p.add_argument("--pool", default=None, help="run flow runs of this work pool instead (see `unlearn deploy`)")
     p.set_defaults(handler=_worker)
 
@@ -151,8 +153,8 @@ def _worker(args) -> int:
     if args.pool:
         from flows.deploy import run_pool_worker
 
-        return run_pool_worker(rt, args.pool)
-    run_worker(str(rt.state_dir), limit=args.limit)
+        return run_pool_worker(rt, args.pool, limit=args.limit)
+    run_worker(str(rt.state_dir), limit=2 if args.limit is None else args.limit)
     return 0
 
 
