@@ -7,10 +7,12 @@ the Prefect UI shows the request, its forget-set size and its predicted cost, an
 with a decision approves or rejects. ``unlearn approve``/``unlearn reject`` make the same
 decision from a terminal and then resume the paused run, so both ways end in one place.
 
-The queue is the source of truth, not the paused run: ``decide`` moves the request out of
-``awaiting_approval`` exactly once (a second decision finds it decided and changes nothing),
-a decision works with no run paused at all (no server, the waiting process died), and
-``watch-queue`` escalates a held request whose deadline passed even if no run waits for it.
+A run of the deployment *suspends* (its process exits; resuming reschedules it, so a decision in
+the UI is applied even if the process that asked died); a run started by hand *pauses* in its
+process. The queue is the source of truth, not the run: ``decide`` moves the request out of
+``awaiting_approval`` exactly once (a second decision finds it decided and changes nothing), a
+decision works with no run waiting at all (no server, the waiting process died), and
+``watch-queue`` escalates a held request that is overdue even if no run waits for it.
 The approval is not part of ``process-request`` because a waiting request would then hold its
 model's writer lease, and a worker slot, for as long as the humans take.
 """
@@ -19,9 +21,9 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -129,14 +131,19 @@ def await_approval(request_id: str, state_dir: str | None = None) -> dict:
         return {"request_id": request_id, "status": "escalated"}
     log.info("request %s awaits approval (up to %.0f s): %s", request_id, wait_s,
              (view.get("details") or {}).get("hold", {}).get("reason"))
-    try:
-        decision = pause_flow_run(wait_for_input=ApprovalDecision.with_initial_data(description=summary,
-                                                                                   approve=False),
-                                  timeout=max(1, math.ceil(wait_s)), poll_interval=PAUSE_POLL_S,
-                                  key=f"approval-{request_id}")
-    except FlowPauseTimeout:
-        escalate(rt, request_id, f"no decision within {wait_s:.0f} s")
-        return {"request_id": request_id, "status": "escalated"}
+    form = ApprovalDecision.with_initial_data(description=summary, approve=False)
+    timeout, key = max(1, math.ceil(wait_s)), f"approval-{request_id}"
+    if run.deployment_id is not None:
+        # a deployment's run suspends: its process exits, and a resume (CLI or UI) reschedules it, so a
+        # decision is applied even if the process that asked is long gone; this code then runs again and
+        # suspend_flow_run returns the decision
+        decision = suspend_flow_run(wait_for_input=form, timeout=timeout, key=key)
+    else:  # a run started by hand has nothing to reschedule it: it waits in its process
+        try:
+            decision = pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=PAUSE_POLL_S, key=key)
+        except FlowPauseTimeout:
+            escalate(rt, request_id, f"no decision within {wait_s:.0f} s")
+            return {"request_id": request_id, "status": "escalated"}
     try:
         outcome = decide(rt, request_id, decision.approver, decision.approve, decision.reason)
     except InputError as exc:  # a bad form (unknown approver, self-approval): the request stays held
@@ -159,11 +166,22 @@ def escalate(rt: Runtime, request_id: str, why: str) -> bool:
 
 
 def escalate_overdue(rt: Runtime) -> list[str]:
-    """Held requests past their deadline, escalated now (watch-queue's share of the approvals)."""
+    """Held requests past their deadline or held longer than ``authorization.approval_wait_hours``, escalated
+    now (watch-queue's share of the approvals: a suspended run that expires runs no code of its own)."""
     now = datetime.now(timezone.utc)
-    return [view["request_id"] for view in rt.queue.list(["awaiting_approval"])
-            if DeletionRequest.model_validate(view["request"]).deadline <= now
-            and escalate(rt, view["request_id"], "the request's deadline passed before anyone decided")]
+    wait = timedelta(hours=authorization_params(rt.params).approval_wait_hours)
+    overdue = []
+    for view in rt.queue.list(["awaiting_approval"]):
+        held_at = datetime.fromisoformat(view["details"]["hold"]["held_at"])
+        if DeletionRequest.model_validate(view["request"]).deadline <= now:
+            why = "the request's deadline passed before anyone decided"
+        elif now - held_at >= wait:
+            why = f"no decision within approval_wait_hours ({wait.total_seconds() / 3600:g} h)"
+        else:
+            continue
+        if escalate(rt, view["request_id"], why):
+            overdue.append(view["request_id"])
+    return overdue
 
 
 def resume_waiting_run(rt: Runtime, request_id: str, approver: str, approve: bool, reason: str) -> bool:

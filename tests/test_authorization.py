@@ -245,6 +245,14 @@ def test_an_approval_nobody_gives_before_the_deadline_is_escalated(pipeline, tmp
     out = subprocess.run([UNLEARN, "status"], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.count("ESCALATED") == 2, out.stdout
 
+    waiting, _ = submit_signed(rt, class_payload(rt, forget={"class": 7}), notify=False, approve=False)
+    params = yaml.safe_load(rt.params_path.read_text())
+    params["authorization"]["approval_wait_hours"] = 0.0002  # 0.7 s: held longer than that is overdue too
+    rt.params_path.write_text(yaml.safe_dump(params))
+    time.sleep(1)
+    watch_queue(state_dir=str(rt.state_dir))
+    assert "approval_wait_hours" in rt.queue.status(waiting)["details"]["hold"]["escalation"]
+
 
 def test_service_mode_server_wants_auth_and_the_cli_and_warm_worker_use_it(pipeline, tmp_path):
     """`unlearn up`'s Prefect server with basic auth: a warm worker and `unlearn submit`, pointed only at the

@@ -1,6 +1,7 @@
 """The event path: `unlearn submit` emits an event; the served deployments run at once. A class deletion is
-held: the held event starts the served await-approval run, which pauses (Prefect's human-in-the-loop) until
-`unlearn approve`; the approval's submitted event then triggers process-request."""
+held: the held event starts the served await-approval run, which suspends (Prefect's human-in-the-loop; its
+process exits) until the UI form resumes it; the rescheduled run applies the decision, and the approval's
+submitted event triggers process-request."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from test_pipeline import class_payload
 
 def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
     from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
     from prefect.settings import PREFECT_API_URL
 
     rt = pipeline
@@ -34,9 +36,10 @@ def test_submit_event_triggers_served_process_request(pipeline, tmp_path):
         request_id = out.stdout.split()[0]
         assert "held for approval" in out.stdout
         run_id = _wait_for_paused_approval(rt, request_id, server, tmp_path, timeout=120)
-        approve = subprocess.run([unlearn, "approve", request_id, "--as", APPROVER, "--key",
-                                  str(submitter_key(rt.state_dir, APPROVER))], env=env, capture_output=True, text=True)
-        assert approve.returncode == 0 and json.loads(approve.stdout)["prompt_closed"], approve.stderr
+        submitter_key(rt.state_dir, APPROVER)  # a second governance submitter decides, in the UI form
+        with get_client(sync_client=True) as client:  # suspended: the process that asked has exited
+            assert client.read_flow_run(run_id).state.name == "Suspended"
+        resume_flow_run(run_id, run_input={"approver": APPROVER, "approve": True, "reason": "ok"})  # as the UI does
         deadline = time.time() + 240
         while time.time() < deadline and rt.queue.status(request_id)["state"] not in ("done", "rejected", "dead_letter"):
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
