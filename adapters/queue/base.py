@@ -253,7 +253,7 @@ class RequestQueue(ABC):
         return True
 
     def set_approval_run(self, request_id: str, flow_run_id: str) -> None:
-        """Remember the paused Prefect flow run that asks a human about a held request."""
+        """Remember the Prefect flow run (paused or suspended) that asks a human about a held request."""
         with self._write() as con:
             row = self._row(con, request_id)
             details = json.loads(row["details"] or "{}")
