@@ -47,9 +47,11 @@ def test_adaptive_path_grows_until_the_class_is_forgotten(mnist, trained_cnn):
     """A small fixed path leaves the class partly recognised; the adaptive one grows past it."""
     forget_train, _ = split_by_class(mnist.train, FORGET)
     fixed, fixed_result = get_method("lra_npp")(
-        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10}, device="cpu").unlearn(class_request(mnist))
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10, "scope": "class_row"},
+        device="cpu").unlearn(class_request(mnist))
     adaptive, result = get_method("lra_npp")(
-        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 400}, device="cpu").unlearn(class_request(mnist))
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 400, "scope": "class_row"},
+        device="cpu").unlearn(class_request(mnist))
     assert fixed_result.details["path_size"] == 10
     assert acc(fixed, forget_train) > 0.02
     assert 10 < result.details["path_size"] <= 256  # max_path_share 0.5 of the head's 512 inputs
@@ -60,6 +62,19 @@ def test_adaptive_path_grows_until_the_class_is_forgotten(mnist, trained_cnn):
     # passing size to path_step: path_size - path_step failed (or is below the start)
     tried = result.details["path_sizes_tried"]
     assert tried[0] == 10 and result.details["path_size"] in tried and len(tried) <= 12
+
+
+def test_scope_auto_escalates_to_all_classes_only_when_class_row_cannot_pass(mnist, trained_cnn):
+    model, result = get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist))
+    assert result.details["scopes_tried"] == ["class_row"] and result.details["scope_used"] == "class_row"
+    changed = (model.head.weight != trained_cnn.head.weight).nonzero()
+    assert set(changed[:, 0].tolist()) == {FORGET}  # the paper's perturbation sufficed
+    # a 10-neuron cap: class_row cannot pass the check, so the same path is cut from every class
+    capped, capped_result = get_method("lra_npp")(
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10}, device="cpu").unlearn(class_request(mnist))
+    assert capped_result.details["scopes_tried"] == ["class_row", "all_classes"]
+    assert capped_result.details["scope_used"] == "all_classes"
+    assert torch.count_nonzero(capped.head.weight[:, capped_result.details["path"]]) == 0
 
 
 def test_check_set_is_a_fixed_number_of_held_out_substitutes(mnist, trained_cnn):

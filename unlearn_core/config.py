@@ -48,7 +48,8 @@ class LraNppParams(_Section):
     recognised_max: float = Field(0.05, ge=0, le=1)  # stop growing once <= this share of them is recognised
     epsilon: float = Field(0.1, gt=0)
     perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
-    scope: Literal["class_row", "all_classes", "with_incoming"] = "all_classes"
+    # auto: class_row, escalated to all_classes when class_row cannot pass the recognition check
+    scope: Literal["class_row", "all_classes", "with_incoming", "auto"] = "auto"
     start_from: Literal["target", "predicted"] = "target"
 
 

@@ -121,16 +121,24 @@ class LraNpp(UnlearnMethod):
             target = predicted if p.start_from == "predicted" else torch.full_like(predicted, c)
             relevance = head_relevance(model.head, analysis_features, target, p.epsilon)
             ranked, counts = neuronal_path(relevance, p.analyze_top_n, model.head.in_features)
-            path, recognised, evaluated = self._adaptive_path(model, c, ranked, check, check_features,
-                                                              request.seed)
-            self._perturb(model, c, path, request.seed)
+            # scope auto: the paper's class_row; all_classes only if class_row cannot pass the check
+            scopes = ("class_row", "all_classes") if p.scope == "auto" else (p.scope,)
+            evaluated: dict[str, list[int]] = {}
+            for scope in scopes:
+                path, recognised, evaluated[scope] = self._adaptive_path(model, c, ranked, check,
+                                                                         check_features, request.seed, scope)
+                if recognised <= p.recognised_max:
+                    break
+            self._perturb(model, c, path, request.seed, scope)
         return model, {
             "forget_class": c,
             "n_analysis": len(analysis),
             "n_check": len(check),
             "path_size": len(path),
             "path_cap": self._path_cap(model, len(ranked)),
-            "path_sizes_tried": evaluated,
+            "scope_used": scope,
+            "scopes_tried": list(evaluated),
+            "path_sizes_tried": evaluated[scope],
             "path": path,
             "path_frequency": counts[path].tolist(),
             "substitute_predicted_as_class": float((predicted == c).float().mean()),
@@ -152,7 +160,8 @@ class LraNpp(UnlearnMethod):
         return max(cap, min(p.perturb_top_n, n_ranked))
 
     def _adaptive_path(self, model: nn.Module, c: int, ranked: list[int], check: torch.Tensor,
-                       check_features: torch.Tensor, seed: int) -> tuple[list[int], float, list[int]]:
+                       check_features: torch.Tensor, seed: int,
+                       scope: str) -> tuple[list[int], float, list[int]]:
         """The smallest prefix of ``ranked`` (at least ``perturb_top_n``, at most the cap, to
         ``path_step`` neurons) whose perturbation leaves at most ``recognised_max`` of the check
         images recognised as c (probability of c >= ``recognised_prob``): double the size from ``perturb_top_n`` until it passes, then bisect
@@ -166,7 +175,7 @@ class LraNpp(UnlearnMethod):
 
         def recognised(size: int) -> float:
             if size not in tried:
-                tried[size] = self._recognised(model, c, ranked[:size], check, check_features, seed)
+                tried[size] = self._recognised(model, c, ranked[:size], check, check_features, seed, scope)
             return tried[size]
 
         failing, size = None, min(p.perturb_top_n, cap)
@@ -185,18 +194,18 @@ class LraNpp(UnlearnMethod):
 
     @torch.no_grad()
     def _recognised(self, model: nn.Module, c: int, path: list[int], check: torch.Tensor,
-                    check_features: torch.Tensor, seed: int) -> float:
+                    check_features: torch.Tensor, seed: int, scope: str) -> float:
         """Share of the check images the model, with ``path`` perturbed, still gives class c a
         probability of at least ``recognised_prob``; the model is restored."""
         idx = torch.tensor(path, dtype=torch.long, device=model.head.weight.device)
         head_w = model.head.weight
         saved = [(head_w, (slice(None), idx), head_w[:, idx].clone())]
-        prev = previous_linear(model) if self.params.scope == "with_incoming" else None
+        prev = previous_linear(model) if scope == "with_incoming" else None
         if prev is not None:
             saved.append((prev.weight, (idx,), prev.weight[idx].clone()))
             if prev.bias is not None:
                 saved.append((prev.bias, (idx,), prev.bias[idx].clone()))
-        self._perturb(model, c, path, seed)
+        self._perturb(model, c, path, seed, scope)
         logits = model(check.to(self.device)) if prev is not None else model.head(check_features)
         share = float((logits.softmax(1)[:, c] >= self.params.recognised_prob).float().mean())
         for tensor, where, values in saved:
@@ -204,7 +213,7 @@ class LraNpp(UnlearnMethod):
         return share
 
     @torch.no_grad()
-    def _perturb(self, model: nn.Module, c: int, path: list[int], seed: int) -> None:
+    def _perturb(self, model: nn.Module, c: int, path: list[int], seed: int, scope: str) -> None:
         p = self.params
         gen = torch.Generator().manual_seed(seed)
         idx = torch.tensor(path, dtype=torch.long)
@@ -224,9 +233,9 @@ class LraNpp(UnlearnMethod):
 
         head_w = model.head.weight
         idx_dev = idx.to(head_w.device)
-        rows = None if p.scope in ("all_classes", "with_incoming") else torch.tensor([c], device=head_w.device)
+        rows = None if scope in ("all_classes", "with_incoming") else torch.tensor([c], device=head_w.device)
         apply(head_w, rows, idx_dev)
-        if p.scope == "with_incoming":
+        if scope == "with_incoming":
             prev = previous_linear(model)
             apply(prev.weight.T, None, idx_dev)  # the path neurons' incoming rows (a view)
             if prev.bias is not None and p.perturbation == "zero":
