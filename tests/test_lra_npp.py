@@ -27,7 +27,8 @@ def split_by_class(split, c):
 
 def test_lra_npp_forgets_class_and_keeps_retained_accuracy(mnist, trained_cnn):
     before = {k: trained_cnn.head.weight.detach().clone() for k in ("w",)}
-    model, result = get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist))
+    model, result = get_method("lra_npp")(trained_cnn, {"scope": "class_row"}, device="cpu").unlearn(
+        class_request(mnist))
     forget_train, _ = split_by_class(mnist.train, FORGET)
     _, retained_test = split_by_class(mnist.test, FORGET)
     assert acc(trained_cnn, forget_train) > 0.9
@@ -38,7 +39,7 @@ def test_lra_npp_forgets_class_and_keeps_retained_accuracy(mnist, trained_cnn):
     changed = (model.head.weight != trained_cnn.head.weight).nonzero()
     assert set(changed[:, 0].tolist()) == {FORGET}
     assert sorted(changed[:, 1].tolist()) == sorted(result.details["path"])
-    assert 80 <= len(result.details["path"]) == result.details["path_size"] <= 400
+    assert 80 <= len(result.details["path"]) == result.details["path_size"] <= result.details["path_cap"] == 256
     assert result.time_s > 0 and result.method == "lra_npp"
 
 
@@ -46,15 +47,59 @@ def test_adaptive_path_grows_until_the_class_is_forgotten(mnist, trained_cnn):
     """A small fixed path leaves the class partly recognised; the adaptive one grows past it."""
     forget_train, _ = split_by_class(mnist.train, FORGET)
     fixed, fixed_result = get_method("lra_npp")(
-        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10}, device="cpu").unlearn(class_request(mnist))
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10, "scope": "class_row"},
+        device="cpu").unlearn(class_request(mnist))
     adaptive, result = get_method("lra_npp")(
-        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 400}, device="cpu").unlearn(class_request(mnist))
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 400, "scope": "class_row"},
+        device="cpu").unlearn(class_request(mnist))
     assert fixed_result.details["path_size"] == 10
     assert acc(fixed, forget_train) > 0.02
-    assert 10 < result.details["path_size"] <= 400
-    assert result.details["substitute_recognised_after"] == 0.0
+    assert 10 < result.details["path_size"] <= 256  # max_path_share 0.5 of the head's 512 inputs
+    assert result.details["substitute_recognised_after"] <= 0.05  # recognised_max
     assert acc(adaptive, forget_train) <= 0.02
     assert fixed_result.details["path"] == result.details["path"][:10]  # the path grows, it is not re-chosen
+    # doubling then bisection: the last size tried that passed is the one used, and it is the smallest
+    # passing size to path_step: path_size - path_step failed (or is below the start)
+    tried = result.details["path_sizes_tried"]
+    assert tried[0] == 10 and result.details["path_size"] in tried and len(tried) <= 12
+
+
+def test_scope_auto_escalates_to_all_classes_only_when_class_row_cannot_pass(mnist, trained_cnn):
+    model, result = get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist))
+    assert result.details["scopes_tried"] == ["class_row"] and result.details["scope_used"] == "class_row"
+    changed = (model.head.weight != trained_cnn.head.weight).nonzero()
+    assert set(changed[:, 0].tolist()) == {FORGET}  # the paper's perturbation sufficed
+    # a 10-neuron cap: class_row cannot pass the check, so the same path is cut from every class
+    capped, capped_result = get_method("lra_npp")(
+        trained_cnn, {"perturb_top_n": 10, "max_perturb_top_n": 10}, device="cpu").unlearn(class_request(mnist))
+    assert capped_result.details["scopes_tried"] == ["class_row", "all_classes"]
+    assert capped_result.details["scope_used"] == "all_classes"
+    assert torch.count_nonzero(capped.head.weight[:, capped_result.details["path"]]) == 0
+
+
+def test_check_set_is_a_fixed_number_of_held_out_substitutes(mnist, trained_cnn):
+    """The recognition check scores n_check substitutes after the analysed ones, however many
+    the request brings, so the method's cost does not grow with the data."""
+    all_sub = mnist.test.x[mnist.test.y == FORGET]
+    assert len(all_sub) > 36 + 32
+    seen = []
+    method = get_method("lra_npp")(trained_cnn, {"scope": "with_incoming", "n_check": 32},
+                                     device="cpu")  # with_incoming: a full forward per check
+    original_forward = type(trained_cnn).forward
+
+    def spy(self, x):
+        seen.append(len(x))
+        return original_forward(self, x)
+
+    type(trained_cnn).forward = spy
+    try:
+        _, result = method.unlearn(class_request(mnist, all_sub))
+    finally:
+        type(trained_cnn).forward = original_forward
+    assert result.details["n_analysis"] == 36 and result.details["n_check"] == 32
+    assert seen and set(seen) == {32}
+    _, few = get_method("lra_npp")(trained_cnn, {}, device="cpu").unlearn(class_request(mnist, all_sub[:20]))
+    assert few.details["n_analysis"] == 20 and few.details["n_check"] == 20  # no others: the analysed ones
 
 
 def test_scope_all_classes_zeroes_the_path_columns(mnist, trained_cnn):

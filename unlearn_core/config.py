@@ -39,13 +39,17 @@ class TrainParams(_Section):
 class LraNppParams(_Section):
     n_analysis: int = Field(36, ge=1)
     analyze_top_n: int = Field(50, ge=1)
-    perturb_top_n: int = Field(80, ge=1)
+    perturb_top_n: int = Field(80, ge=1)       # the adaptive path's starting (smallest) size
     max_perturb_top_n: int = Field(400, ge=1)  # adaptive path: upper bound; = perturb_top_n turns growth off
-    path_step: int = Field(40, ge=1)           # neurons added per growth step
-    recognised_max: float = Field(0.0, ge=0, le=1)  # stop growing once <= this share of substitutes is predicted c
+    max_path_share: float = Field(0.5, gt=0, le=1)  # ... and at most this share of the head's inputs
+    path_step: int = Field(8, ge=1)            # the size is searched to this many neurons
+    n_check: int = Field(64, ge=1)             # held-out substitutes the recognition check scores
+    recognised_prob: float = Field(0.1, gt=0, le=1)  # a check image is recognised if P(c) >= this
+    recognised_max: float = Field(0.05, ge=0, le=1)  # stop growing once <= this share of them is recognised
     epsilon: float = Field(0.1, gt=0)
     perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
-    scope: Literal["class_row", "all_classes", "with_incoming"] = "class_row"
+    # auto: class_row, escalated to all_classes when class_row cannot pass the recognition check
+    scope: Literal["class_row", "all_classes", "with_incoming", "auto"] = "auto"
     start_from: Literal["target", "predicted"] = "target"
 
 

@@ -28,7 +28,8 @@ SHOWN = ("forget_train_acc", "At", "Ag", "RA", "MIA_efficacy", "Fr", "Fr_member"
 # The authors' published MNIST run (5 seeds, their code's summary; METHODS.md section A).
 PUBLISHED_MNIST = {"method": "published (LRA-NPP authors, MNIST-60k)", "variant": "zero", "n_seeds": 5,
                    "At": 0.016, "Ag": 0.984, "Fr": 0.985, "time_s": 0.87, "speedup_vs_retrain": 28.7 / 0.87}
-VARIANTS = tuple(itertools.product(("zero", "gaussian", "laplace"), ("class_row", "all_classes", "with_incoming")))
+VARIANTS = tuple(itertools.product(("zero", "gaussian", "laplace"), ("class_row", "all_classes", "with_incoming"))) + (
+    ("zero", "auto"),)  # params.yaml's default: class_row, all_classes only where class_row cannot pass
 
 
 def run(ds: Dataset, params: Params, classes: list[int], seeds: int, out_dir: str | Path,
