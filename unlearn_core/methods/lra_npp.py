@@ -11,6 +11,7 @@ and the relevance the method needs is exactly the head's input relevance.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -59,20 +60,24 @@ def neuronal_path(relevance: torch.Tensor, analyze_top_n: int, perturb_top_n: in
     return order[:min(perturb_top_n, n_neurons)].tolist(), counts
 
 
+_THREADS_LOCK = threading.Lock()  # torch's thread count is per process; a warm worker runs requests in threads
+
+
 @contextmanager
 def one_cpu_thread(device: torch.device):
     """Run the block on one intra-op thread on CPU. On a shared CPU, waking the thread pool for
     each tiny op (a 64 x 512 product) costs ~100x the op itself; measured 0.1-0.2 s vs 1 ms for
-    the whole path search."""
+    the whole path search. The lock keeps two concurrent requests from restoring each other's count."""
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    with _THREADS_LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def previous_linear(model: nn.Module) -> nn.Linear | None:
