@@ -50,9 +50,11 @@ def signed(state_dir: str | Path, payload: bytes | str | dict, name: str = SUBMI
     return identity(state_dir, name, role).sign(request, **sign_kwargs)
 
 
-def submit_signed(rt, payload, notify: bool = True, approve: bool = True, name: str = SUBMITTER,
+def submit_signed(rt, payload, notify: bool = False, approve: bool = True, name: str = SUBMITTER,
                   role: str = "governance") -> tuple[str, bool]:
-    """Sign and submit like a client; approve a held request at once unless ``approve=False``."""
+    """Sign and submit like a client; approve a held request at once unless ``approve=False``. No notification
+    unless ``notify``: a test that processes the request itself must not leave a notifier's event behind for a
+    later test's triggers and workers."""
     from flows.submit import notify_submitted, submit_payload
 
     request_id, created = submit_payload(rt, signed(rt.state_dir, payload, name, role), notify=False)

@@ -53,14 +53,18 @@ def _kill_tree(procs) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _final_runs(client, deployment_id, count: int, timeout: float, tmp_path) -> list:
-    """The deployment's flow runs once there are ``count`` of them and all are final."""
+def _final_runs(client, deployment_id, request_ids: list[str], timeout: float, tmp_path) -> list:
+    """The deployment's flow runs for ``request_ids``, once each has one and all are final. Runs for other ids
+    (an earlier test's late event reaching this deployment's trigger) are left out."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     deadline, runs = time.time() + timeout, []
     while time.time() < deadline:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-        if len(runs) >= count and all(r.state and r.state.is_final() for r in runs):
+        runs = [r for r in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+                if r.parameters.get("request_id") in request_ids]
+        if {r.parameters["request_id"] for r in runs} == set(request_ids) and all(
+                r.state and r.state.is_final() for r in runs):
             return runs
         time.sleep(1)
     raise AssertionError(f"flow runs not final: {[(r.parameters, r.state_name) for r in runs]}\n"
@@ -103,7 +107,7 @@ def test_pool_workers_and_warm_worker_share_a_postgres_queue(pipeline, tmp_path,
         one = [submit_signed(rt, _subject_payload(rt, s), notify=True)[0] for s in subjects[:4]]
         assert set(_wait_terminal(rt, one, 600, tmp_path, procs).values()) == {"done"}
         with get_client(sync_client=True) as client:
-            triggered = _final_runs(client, deployment.id, len(one), 600, tmp_path)
+            triggered = _final_runs(client, deployment.id, one, 600, tmp_path)
         assert sorted(r.parameters["request_id"] for r in triggered) == sorted(one)  # one run per event
         assert {r.state_name for r in triggered} == {"Completed"}
         versions_before = {m: len(rt.registry.versions(m)) for m in ("mnist-cnn", "mnist-cnn-b")}
@@ -116,7 +120,7 @@ def test_pool_workers_and_warm_worker_share_a_postgres_queue(pipeline, tmp_path,
             pinned = {client.create_flow_run_from_deployment(deployment.id, parameters={"request_id": two[i]}).id:
                       models[i] for i in (0, 1)}
             assert set(_wait_terminal(rt, two, 600, tmp_path, procs).values()) == {"done"}
-            runs = _final_runs(client, deployment.id, len(one) + 2, 600, tmp_path)
+            runs = _final_runs(client, deployment.id, one + two[:2], 600, tmp_path)
             assert set(pinned) <= {r.id for r in runs} and {r.state_name for r in runs} == {"Completed"}
             pool_workers = {w.name for w in client.read_workers_for_work_pool(POOL)}
     finally:
