@@ -11,8 +11,7 @@ and the relevance the method needs is exactly the head's input relevance.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +24,7 @@ from ..config import LraNppParams
 from ..data import hash_images
 from ..errors import InputError
 from .base import ForgetRequest, UnlearnMethod
+from .tuning import single_thread
 
 
 def substitute_overlap(substitute: torch.Tensor, train_ids) -> list[int]:
@@ -58,26 +58,6 @@ def neuronal_path(relevance: torch.Tensor, analyze_top_n: int, perturb_top_n: in
     total = relevance.sum(0).cpu().numpy()
     order = np.lexsort((np.arange(n_neurons), -total, -counts))
     return order[:min(perturb_top_n, n_neurons)].tolist(), counts
-
-
-_THREADS_LOCK = threading.Lock()  # torch's thread count is per process; a warm worker runs requests in threads
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device):
-    """Run the block on one intra-op thread on CPU. On a shared CPU, waking the thread pool for
-    each tiny op (a 64 x 512 product) costs ~100x the op itself; measured 0.1-0.2 s vs 1 ms for
-    the whole path search. The lock keeps two concurrent requests from restoring each other's count."""
-    if device.type != "cpu":
-        yield
-        return
-    with _THREADS_LOCK:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
 
 
 def previous_linear(model: nn.Module) -> nn.Linear | None:
@@ -120,7 +100,9 @@ class LraNpp(UnlearnMethod):
         with torch.no_grad():  # one forward pass for both sets: the head's inputs
             features = model.features(torch.cat([analysis, check]).to(self.device))
         analysis_features, check_features = features[:len(analysis)], features[len(analysis):]
-        with one_cpu_thread(self.device):  # the rest is small tensor ops: thread wake-ups would dominate
+        # the rest is small tensor ops (a 64 x 512 product per try): on a shared CPU, waking the thread pool
+        # for each costs ~100x the op itself (0.1-0.2 s vs 1 ms for the whole path search)
+        with single_thread() if self.device.type == "cpu" else nullcontext():
             with torch.no_grad():
                 predicted = model.head(analysis_features).argmax(1)
             target = predicted if p.start_from == "predicted" else torch.full_like(predicted, c)

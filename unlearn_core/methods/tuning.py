@@ -5,6 +5,7 @@ the forget/retain mixed loop that random labels, SalUn and NegGrad+ share.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable
 
@@ -16,16 +17,21 @@ from ..data import Split
 from ..training import seed_everything
 
 
+_THREADS_LOCK = threading.Lock()  # torch's thread count is per process; a warm worker runs requests in threads
+
+
 @contextmanager
 def single_thread():
     """Run a block of many tiny torch ops on one thread. On a busy CPU, intra-op
-    thread synchronisation made a linear-head fine-tune ~20x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    thread synchronisation made a linear-head fine-tune ~20x slower than one thread.
+    The lock keeps two concurrent requests from restoring each other's thread count."""
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def random_other_labels(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
