@@ -49,16 +49,6 @@ class Submitter:
     added_at: str
 
 
-@dataclass(frozen=True)
-class SignedBy:
-    """Who signed an accepted envelope, as the receipt and the lineage name them."""
-
-    submitter: str
-    role: str
-    key_id: str
-    signed_at: str
-
-
 class SubmitterRegistry:
     """The state dir's submitters (public keys and roles only)."""
 
@@ -154,7 +144,7 @@ def sign_request(request: dict, submitter: str, private: Ed25519PrivateKey,
 
 
 def open_envelope(payload: bytes, registry: SubmitterRegistry, now: datetime, window_s: float,
-                  max_bytes: int) -> tuple[bytes, SignedBy]:
+                  max_bytes: int) -> tuple[bytes, Submitter]:
     """Check a signed envelope; returns the request's JSON bytes and who signed it. Raises InputError."""
     obj = load_json_object(payload, max_bytes)
     if "signature" not in obj:
@@ -193,8 +183,7 @@ def open_envelope(payload: bytes, registry: SubmitterRegistry, now: datetime, wi
         raise InputError("signature.value", f"does not verify for submitter {submitter.name!r} "
                                             "(the request was changed after signing, or signed with another key)"
                          ) from None
-    signed = SignedBy(submitter.name, submitter.role, submitter.key_id, at.astimezone(timezone.utc).isoformat())
-    return json.dumps(request).encode(), signed
+    return json.dumps(request).encode(), submitter
 
 
 def check_key_holder(registry: SubmitterRegistry, name: str, private: Ed25519PrivateKey) -> Submitter:

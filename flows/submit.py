@@ -55,10 +55,10 @@ def submit_payload(rt: Runtime, payload: bytes, notify: bool = True) -> tuple[st
         raise InputError("request_id", f"replayed: {request.request_id} was already submitted "
                                                "(each signed request is accepted once; sign a new one)")
     rows, train_rows = forget_size(request, ctx)
-    pending, rows_last_day = rt.queue.usage(signed.submitter, time.time() - 86400)
-    hold = authorize(signed.submitter, signed.role, request.kind, rows, train_rows, Usage(pending, rows_last_day),
+    pending, rows_last_day = rt.queue.usage(signed.name, time.time() - 86400)
+    hold = authorize(signed.name, signed.role, request.kind, rows, train_rows, Usage(pending, rows_last_day),
                      policy)
-    request_id, created = rt.queue.enqueue(request, submitter=signed.submitter, forget_rows=rows, hold=hold)
+    request_id, created = rt.queue.enqueue(request, submitter=signed.name, forget_rows=rows, hold=hold)
     if created and notify:
         notify_submitted(rt, request_id)
     return request_id, created
