@@ -4,7 +4,12 @@ Plain Python (no Prefect), so flows wrap it in tasks and tests call it directly.
 Layout of a workspace (never the project checkout)::
 
     data/ + data.dvc                       the dataset directory (tombstoned per request)
-    models/<name>/model.pt + .dvc          one file per model, a new md5 per version
+    models/<name>/model.pt                 one file per model, a new md5 per version: the output of
+                                           the DVC stage ``<name>`` (dvc.yaml, md5s in dvc.lock)
+    inputs/<name>/                         the stage's model inputs: the parent's bytes (parent.pt) and
+                                           any substitute images (substitute.npy), output of ``<name>-inputs``
+    derivations/<name>/                    the stage's request.json, params.json (method, settings) and
+                                           inputs.json (each input's md5 and origin)
     lineage/<name>/v<N>.json               lineage of version N, semver ``v0.0.<N>``
     receipts/<request_id>.json             the signed receipt of each request (adapters/receipts.py)
     keys/receipts.pub                      public key the receipts are signed with (adapters/signing.py)
@@ -18,10 +23,17 @@ assigns a stage. A version is committed by ``commit_version``, uploaded by
 version's model or data objects are missing from the remote. Promoting version N
 deregisters (``gto deprecate <name> <version>``) every older version: each lacks
 N's deletion, and retention (adapters/retention.py) erases their bytes later.
+
+Every version is the output of its model's DVC stage as of the version's commit: in a clone checked
+out at ``<name>@v0.0.N``, ``dvc repro -f <name>`` re-derives it from its parent, its dataset version,
+its request and its method settings (``unlearn registry derive``; adapters/rederivation.py compares
+the result). A method that read the deleted rows cannot be re-run: those rows were only in the
+dataset version before the deletion, which is erased once the deletion is done. See docs/dvc.md.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -35,11 +47,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unlearn_core.data import is_dataset_dir
 from unlearn_core.errors import InputError
+from unlearn_core.rederive import DERIVATIONS, INPUTS
 
 REMOTE = "storage"
 DEFAULT_BUCKET = "unlearnops"
@@ -149,6 +163,34 @@ class Version:
         return f"{self.name}@{self.semver}"
 
 
+@dataclass
+class Derivation:
+    """How a version was made: what its DVC stage records and ``unlearn registry derive`` re-runs.
+
+    ``method`` ``train`` is a base version trained from the dataset alone. ``request``: the deletion's
+    kind and forget spec (sample ids, a class or a subject; never sample bytes). ``reads_forget_set``:
+    the method read the deleted rows, which only the dataset version before the deletion held (erased
+    once the deletion is done), so the stage can never run again.
+    """
+
+    method: str
+    config: dict
+    family: str | None
+    arch: str | None
+    request: dict
+    substitute: np.ndarray | None = None
+    reads_forget_set: bool = True
+
+    @classmethod
+    def from_lineage(cls, lineage: dict, request: dict | None = None, substitute: np.ndarray | None = None,
+                     reads_forget_set: bool | None = None) -> "Derivation":
+        method = lineage.get("method") or "unknown"
+        base = method == "train"
+        return cls(method, dict(lineage.get("params") or {}), lineage.get("family"), lineage.get("arch"),
+                   {"kind": "base"} if base else (request or {"kind": lineage.get("kind")}), substitute,
+                   (not base) if reads_forget_set is None else reads_forget_set)
+
+
 def semver(number: int) -> str:
     return f"v0.0.{number}"
 
@@ -251,6 +293,10 @@ class RegistryWorkspace:
         except Exception as exc:  # noqa: BLE001 - gto's ValidationError
             raise InputError("model_name", f"{name!r} is not a valid GTO artifact name ({exc})") from None
 
+    def _model_names(self) -> list[str]:
+        folder = self.path / "lineage"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
     def _numbers(self, name: str) -> list[int]:
         folder = self.path / "lineage" / name
         return sorted(int(p.stem[1:]) for p in folder.glob("v*.json")) if folder.is_dir() else []
@@ -264,22 +310,91 @@ class RegistryWorkspace:
             raise InputError("lineage", "contains an S3 key; secrets never go into lineage")
         return text
 
-    def _commit_model(self, name: str, number: int, model_path: Path, lineage: dict, message: str) -> str:
-        """Copy the model in, dvc add model + data, write lineage with both md5s, git commit."""
+    def _commit_model(self, name: str, number: int, model_path: Path, lineage: dict, message: str,
+                      derivation: Derivation, parent: Version | None = None) -> str:
+        """Copy the model in, write its DVC stage (inputs, request, settings), ``dvc add data`` +
+        ``dvc commit`` the stage, write lineage with both md5s, git commit."""
         rel = self._model_rel(name)
         (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path, self.path / rel)
-        self._dvc("add", "-q", rel, "data")
+        stages = self._write_stage(name, number, derivation, parent, lineage.get("data_before_md5"))
+        self._dvc("add", "-q", "data")
+        self._dvc("commit", "-q", "-f", *stages)
         lineage = {**lineage, "model_name": name, "version": semver(number),
-                   "model": {"path": rel, "md5": self._md5(rel + ".dvc")},
+                   "model": {"path": rel, "md5": self._model_md5(name)},
                    "data": {"path": "data", "md5": self._md5("data.dvc")}}
         lin = self.path / self._lineage_rel(name, number)
         lin.parent.mkdir(parents=True, exist_ok=True)
         lin.write_text(self._lineage_json(lineage) + "\n")
-        self._git("add", rel + ".dvc", str(Path(rel).parent / ".gitignore"), "data.dvc", ".gitignore",
-                  str(lin.relative_to(self.path)))
+        paths = ["dvc.yaml", "dvc.lock", "data.dvc", ".gitignore", str(Path(rel).parent / ".gitignore"),
+                 f"{DERIVATIONS}/{name}", str(lin.relative_to(self.path))]
+        self._git("add", "-A", "--", *paths, *([f"{INPUTS}/.gitignore"] if len(stages) > 1 else []))
         self._git("commit", "-q", "-m", message)
         return self._git("rev-parse", "HEAD").strip()
+
+    def _write_stage(self, name: str, number: int, d: Derivation, parent: Version | None,
+                     data_before_md5: str | None) -> list[str]:
+        """The model's stages in dvc.yaml as of this version; returns their names.
+
+        ``<name>-inputs`` (only when there is a parent) holds the parent's bytes and any substitute
+        images; its command checks them by md5 or names the erasure that removed them. ``<name>``
+        derives the model from them, ``data/``, the request and the method settings.
+        """
+        spec_dir = self.path / DERIVATIONS / name
+        if spec_dir.exists():
+            shutil.rmtree(spec_dir)
+        spec_dir.mkdir(parents=True)
+        inputs_dir = self.path / INPUTS / name
+        shutil.rmtree(inputs_dir, ignore_errors=True)
+        inputs = {}
+        if parent is not None:
+            inputs_dir.mkdir(parents=True)
+            shutil.copyfile(self.model_path(name, parent), inputs_dir / "parent.pt")
+            inputs["parent"] = {"path": "parent.pt", "version": parent.semver, "md5": parent.model_md5}
+            if d.substitute is not None:
+                with open(inputs_dir / "substitute.npy", "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(d.substitute), allow_pickle=False)
+                inputs["substitute"] = {"path": "substitute.npy", "md5": _md5_of(inputs_dir / "substitute.npy"),
+                                        "rows": int(len(d.substitute))}
+            if d.reads_forget_set:
+                inputs["forget_rows"] = {"dataset_md5": data_before_md5, "method": d.method,
+                                         "erased": "with the dataset version before this deletion, when it was done"}
+        self._spec_json(spec_dir / "params.json", {"method": d.method, "config": d.config, "family": d.family,
+                                                   "arch": d.arch, "version": semver(number)})
+        self._spec_json(spec_dir / "request.json", d.request)
+        self._spec_json(spec_dir / "inputs.json", inputs)
+        spec = f"{DERIVATIONS}/{name}"
+        stage = {"cmd": f"unlearn registry derive {name}",
+                 "deps": ["data", f"{spec}/request.json", *([f"{INPUTS}/{name}"] if parent else [])],
+                 "params": [{f"{spec}/params.json": None}], "outs": [self._model_rel(name)]}
+        dvc_yaml = self.path / "dvc.yaml"
+        pipeline = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.exists() else {}
+        stages = pipeline.setdefault("stages", {})
+        stages.pop(f"{name}-inputs", None)
+        if parent is not None:
+            stages[f"{name}-inputs"] = {"cmd": f"unlearn registry inputs {name}",
+                                        "params": [{f"{spec}/inputs.json": None}],
+                                        "outs": [{f"{INPUTS}/{name}": {"persist": True}}]}  # checked in place
+        stages[name] = stage
+        dvc_yaml.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        old = self.path / (self._model_rel(name) + ".dvc")  # registries made before models were stage outputs
+        if old.exists():
+            self._git("rm", "-q", "--cached", str(old.relative_to(self.path)))
+            old.unlink()
+        return [n for n in (f"{name}-inputs", name) if n in stages]
+
+    def _spec_json(self, path: Path, value: dict) -> None:
+        path.write_text(self._lineage_json(value) + "\n")
+
+    def _model_md5(self, name: str, rev: str | None = None) -> str:
+        """The md5 dvc.lock records for the model's stage output (at ``rev``, default the work tree)."""
+        text = self._git("show", f"{rev}:dvc.lock") if rev else (self.path / "dvc.lock").read_text()
+        return yaml.safe_load(text)["stages"][name]["outs"][0]["md5"]
+
+    def _dvc_targets(self, name: str, rev: str) -> list[str]:
+        """What one version's objects are: its model, its stage inputs (if any) and its dataset version."""
+        stages = yaml.safe_load(self._git("show", f"{rev}:dvc.yaml"))["stages"]
+        return [self._model_rel(name), *([f"{INPUTS}/{name}"] if f"{name}-inputs" in stages else []), "data.dvc"]
 
     # ---------------------------------------------------------------- API
 
@@ -330,7 +445,8 @@ class RegistryWorkspace:
         with self._lock():
             base = {**lineage, "parent": None, "request_id": None, "deleted_sample_ids": [],
                     "created_at": _now()}
-            self._commit_model(model_name, 1, model_path, base, f"{model_name} {semver(1)}: base model")
+            self._commit_model(model_name, 1, model_path, base, f"{model_name} {semver(1)}: base model",
+                               Derivation.from_lineage(base))
         self.push()
         self.register(model_name, 1)
         self.promote(model_name, 1)
@@ -338,7 +454,8 @@ class RegistryWorkspace:
 
     def commit_version(self, model_name: str, model_path: str | Path, request_id: str, lineage: dict,
                        deleted_sample_ids, parent: str, dataset_change: Callable[[Path], object] | None = None,
-                       guard: Callable[[], object] | None = None, batch: list[str] | None = None) -> Version:
+                       guard: Callable[[], object] | None = None, batch: list[str] | None = None,
+                       derivation: Derivation | None = None) -> Version:
         """Commit a new version derived from ``parent``: dataset change applied to ``data/``, the model,
         lineage. No push.
 
@@ -346,7 +463,8 @@ class RegistryWorkspace:
         is still the model's head (its latest version), and with :class:`DuplicateVersion` if the
         request already has a version. ``guard`` (the caller's lease check) runs last, right before
         anything is written; whatever it raises aborts the commit. ``batch``: every request id the
-        version serves (a batch forgotten in one run), ``request_id`` among them.
+        version serves (a batch forgotten in one run), ``request_id`` among them. ``derivation``: what
+        the version's DVC stage records (default: read from ``lineage``, re-running refused).
         """
         self._check_name(model_name)
         model_path = Path(model_path)
@@ -388,7 +506,8 @@ class RegistryWorkspace:
                 if dataset_change is not None:
                     dataset_change(self.path / "data")
                 sha = self._commit_model(model_name, number, model_path, rec,
-                                         f"{model_name} {semver(number)}: request {request_id}")
+                                         f"{model_name} {semver(number)}: request {request_id}",
+                                         derivation or Derivation.from_lineage(lineage), parent=head)
             except BaseException:
                 self._restore()
                 raise
@@ -429,8 +548,9 @@ class RegistryWorkspace:
     def _restore(self) -> None:
         """Undo a half-made version: files back to the last commit."""
         self._git("checkout", "-q", "HEAD", "--", ".")
-        self._git("clean", "-qfd", "--", "lineage")
-        self._dvc("checkout", "-q", "--force")
+        self._git("clean", "-qfd", "--", "lineage", DERIVATIONS)
+        # the served models and the dataset; a stage's inputs/ may hold a parent retention erased since
+        self._dvc("checkout", "-q", "--force", "data.dvc", *(self._model_rel(n) for n in self._model_names()))
 
     def push(self, version: Version | None = None) -> None:
         """Upload one version's objects (its model and its dataset version), or, with no version,
@@ -439,13 +559,14 @@ class RegistryWorkspace:
             with self._lock():
                 self._dvc("push", "-q", "--all-commits", error=PushError)
             return
-        targets = [self._model_rel(version.name) + ".dvc", "data.dvc"]
+        targets = self._dvc_targets(version.name, version.git_sha)
         with self._lock(), self._dvc_env():
             from dvc.repo import Repo
 
             try:
                 with Repo(str(self.path)) as repo:
-                    repo.push(targets=targets, revs=[version.git_sha], workspace=False, remote=REMOTE)
+                    for target in targets:  # one call each: with the stage's outs in one call DVC skipped data.dvc
+                        repo.push(targets=[target], revs=[version.git_sha], workspace=False, remote=REMOTE)
             except Exception as exc:  # noqa: BLE001 - connection refused, auth, missing cache ...
                 raise PushError(f"dvc push of {version.name} {version.semver} failed: "
                                 f"{self._scrub(str(exc))[:500]}") from None
@@ -495,9 +616,8 @@ class RegistryWorkspace:
 
     def _awaiting_promotion(self) -> list[Version]:
         """Every model's versions newer than the one holding ``prod`` (committed, not yet promoted)."""
-        folder = self.path / "lineage"
         waiting = []
-        for name in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
+        for name in self._model_names():
             prod = self._gto_state(name)["stages"].get("prod")
             floor = _number(prod) if prod else 0
             waiting += [self.version(name, n) for n in self._numbers(name) if n > floor]
@@ -514,10 +634,9 @@ class RegistryWorkspace:
 
         number = _number(version)
         sha = self._sha(model_name, number)
-        rel = self._model_rel(model_name)
         try:
             with self._dvc_env(), Repo(str(self.path)) as repo, repo.switch(sha):
-                used = repo.used_objs([rel + ".dvc", "data.dvc"], force=True, push=True)
+                used = repo.used_objs(self._dvc_targets(model_name, sha), force=True, push=True)
                 missing = []
                 for odb, ids in used.items():
                     if odb is None:
@@ -525,7 +644,7 @@ class RegistryWorkspace:
                         missing += [h.obj_name for h in (*st.new, *st.missing)]
             # DVC skips a directory whose listing it cannot load, so check the top-level objects directly
             client = self.s3.client()
-            for md5 in (self._md5(rel + ".dvc", sha), self._md5("data.dvc", sha)):
+            for md5 in (self._model_md5(model_name, sha), self._md5("data.dvc", sha)):
                 try:
                     client.head_object(Bucket=self.s3.bucket, Key=self._remote_key(md5))
                 except client.exceptions.ClientError as exc:
@@ -649,6 +768,9 @@ class RegistryWorkspace:
                 raise PushError(f"cannot erase {model_name} {semver(number)} on the remote: "
                                 f"{self._scrub(str(exc))[:300]}") from None
             (self.path / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
+            for copy in (self.path / INPUTS).glob("*/parent.pt"):  # the work tree's copy, as the next stage's input
+                if _md5_of(copy) == md5:
+                    copy.unlink()
         return [md5]
 
     def _tags(self, model_name: str) -> list[str]:
@@ -731,6 +853,14 @@ class RegistryWorkspace:
         self._write_local_config(dest)
         self._dvc("pull", "-q", *(targets or []), cwd=dest, error=PushError)
         return dest
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _now() -> str:

@@ -19,9 +19,13 @@ the first that fails stops the check:
 8. ``metrics``     classifier metrics that do not need the deleted samples (RA, TA, TA_retained,
                    TA_forget), recomputed on that dataset version for the model and its parent,
                    match the receipt within ``verify.metric_tolerance``; so do the gates' drops
+9. ``recompute``   (``--recompute``) ``dvc repro -f <model>`` in a clone at the version re-derives it from its
+                   parent, dataset version, request and settings: same md5, or classifier metrics within
+                   ``verify.recompute_tolerance`` (adapters/rederivation.py)
 
 A claim that needs bytes erased on purpose (a model version erased by retention, a superseded
-dataset version, the deleted samples themselves) is reported ``not re-checked`` with the reason.
+dataset version, the deleted samples themselves) is reported ``not re-checked`` with the reason;
+so is a recomputation the stage refuses because the method read the deleted rows.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class VerifyParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     metric_tolerance: float = Field(0.005, ge=0, le=1)
+    recompute_tolerance: float = Field(0.01, ge=0, le=1)
 
 
 def verify_params(params) -> VerifyParams:
@@ -114,8 +119,11 @@ def _md5_file(path: Path) -> str:
 class Verifier:
     """The claims of one receipt against one fresh clone."""
 
-    def __init__(self, ws: RegistryWorkspace, receipt: dict, tolerance: float, store: Path):
+    def __init__(self, ws: RegistryWorkspace, receipt: dict, tolerance: float, store: Path,
+                 recompute_tolerance: float | None = None):
+        """``recompute_tolerance``: also run the ``recompute`` claim, with this metric tolerance."""
         self.ws, self.receipt, self.tolerance, self.store = ws, receipt, tolerance, store
+        self.recompute_tolerance = recompute_tolerance
         self.claims: list[Claim] = []
         self.name = receipt["model"]
         self.head = ws._git("rev-parse", "HEAD").strip()  # pulls check out other commits; claims are about this one
@@ -199,6 +207,8 @@ class Verifier:
             data_path = self.check_data()
             self.check_deletion()
             self.check_metrics(model_path, data_path)
+            if self.recompute_tolerance is not None:
+                self.check_recompute(model_path)
         except ClaimFailed as exc:
             self._record(exc.name, FAILED, exc.detail)
         return self.claims
@@ -293,7 +303,7 @@ class Verifier:
         v, storage = self.version, self.receipt.get("storage") or {}
         if storage.get("model_md5") != v.model_md5:
             raise ClaimFailed("model", f"receipt md5 {storage.get('model_md5')} != lineage md5 {v.model_md5}")
-        path = self._pull(v.git_sha, self.ws._model_rel(self.name) + ".dvc", v.model_md5)
+        path = self._pull(v.git_sha, self.ws._model_rel(self.name), v.model_md5)
         if path is None:
             erased = self._erasure(v.number)
             if erased is None:
@@ -374,11 +384,12 @@ class Verifier:
             return
         from unlearn_core.data import load_dataset
 
+        from unlearn_core.metrics import retained_metrics
         from unlearn_core.models import load_model
 
         dataset = load_dataset(data_path)
         parent = self._version("lineage", self.version.lineage["parent"]["version"])
-        parent_path = self._pull(parent.git_sha, self.ws._model_rel(self.name) + ".dvc", parent.model_md5)
+        parent_path = self._pull(parent.git_sha, self.ws._model_rel(self.name), parent.model_md5)
         recomputed, notes = {}, []
         for side, path in (("metrics_after", model_path), ("metrics_before", parent_path)):
             if path is None:
@@ -403,6 +414,18 @@ class Verifier:
         detail = f"{compared} values within {self.tolerance} of the receipt (largest difference {worst:.4g}); " + "; ".join(n for n in notes if n)
         self._record("metrics", OK if compared else SKIPPED, detail.rstrip("; "))
 
+    def check_recompute(self, model_path: Path | None) -> None:
+        from adapters.rederivation import recompute
+
+        result = recompute(self.ws, self.version, self.store.parent / "recompute", self.recompute_tolerance,
+                           model_path)
+        if result.status in ("identical", "metrics match"):
+            self._record("recompute", OK, result.detail)
+        elif result.status == "refused":
+            self._record("recompute", SKIPPED, result.detail)
+        else:
+            raise ClaimFailed("recompute", result.detail)
+
     def _check_gates(self, recomputed: dict) -> None:
         before, after = recomputed["metrics_before"], recomputed["metrics_after"]
         ta_key = "TA_retained" if self.receipt.get("kind") == "class" else "TA"
@@ -417,25 +440,8 @@ class Verifier:
                                       f"{drops[check['name']]:.4f} > {check['limit']}")
 
 
-def retained_metrics(model, dataset, kind: str | None) -> dict[str, float]:
-    """RA (accuracy on the dataset version's training split, i.e. the retain set), TA, and for a
-    class request TA on the forgotten class's test digits and on the others. The forgotten class
-    is the one the version's training split no longer has."""
-    from unlearn_core.metrics import Scored
-
-    train, test = Scored.of(model, dataset.train), Scored.of(model, dataset.test)
-    out = {"RA": train.acc(), "TA": test.acc()}
-    if kind == "class":
-        gone = sorted(set(dataset.test.y.tolist()) - set(dataset.train.y.tolist()))
-        if len(gone) == 1:
-            in_class = (dataset.test.y == gone[0]).numpy()
-            out["TA_forget"] = test.where(in_class).acc()
-            out["TA_retained"] = test.where(~in_class).acc()
-    return out
-
-
 def verify(receipt_arg: str, registry_url: str, s3: S3Config, workdir: Path, tolerance: float,
-           registry_params: dict | None = None) -> tuple[dict, list[Claim]]:
+           registry_params: dict | None = None, recompute_tolerance: float | None = None) -> tuple[dict, list[Claim]]:
     """Clone, read the receipt (file path or request id), run the claims. Returns (receipt, claims)."""
     path = Path(receipt_arg)
     receipt = read_receipt_file(path) if (path.suffix == ".json" or path.exists()) else None
@@ -445,4 +451,4 @@ def verify(receipt_arg: str, registry_url: str, s3: S3Config, workdir: Path, tol
         if not committed.exists():
             raise InputError("request_id", f"no receipt {receipt_rel(receipt_arg)} in the registry {registry_url}")
         receipt = read_receipt_file(committed)
-    return receipt, Verifier(ws, receipt, tolerance, workdir / "pulled").run()
+    return receipt, Verifier(ws, receipt, tolerance, workdir / "pulled", recompute_tolerance).run()

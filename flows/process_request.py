@@ -231,7 +231,7 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
     with _timed(durations, "commit_s"):
         version = t.commit_version(rt, family, model_name, chosen, dataset, primary, parent.semver,
                                    lineage.to_dict(), {lease.request_id: ids for lease, ids, _ in members},
-                                   workdir, guard=keeper.check)
+                                   workdir, guard=keeper.check, substitute=substitute)
     published = _publish(rt, [lease for lease, _, _ in members], keeper, version, stamps, durations,
                          attempts=attempts, validation={lease.request_id: v for lease, _, v in members},
                          deleted={lease.request_id: ids for lease, ids, _ in members})

@@ -16,7 +16,7 @@ from unlearn_core.config import load_params
 
 
 def run_verify(receipt: str, registry: str | None = None, state_dir: str | None = None,
-               params_path: str = "params.yaml", out=print) -> int:
+               params_path: str = "params.yaml", out=print, recompute: bool = False) -> int:
     params = load_params(params_path)  # defaults when the file is absent
     state = Path(state_dir).expanduser().resolve() if state_dir else default_state_dir().resolve()
     url = registry or str(state / "registry")
@@ -24,8 +24,9 @@ def run_verify(receipt: str, registry: str | None = None, state_dir: str | None 
         read_receipt_file(receipt)  # a bad receipt file is reported before anything is cloned
     s3 = s3_config(state)
     with tempfile.TemporaryDirectory(prefix="unlearnops-verify-") as tmp:
-        found, claims = verify(receipt, url, s3, Path(tmp), verify_params(params).metric_tolerance,
-                               (params.model_extra or {}).get("registry"))
+        vp = verify_params(params)
+        found, claims = verify(receipt, url, s3, Path(tmp), vp.metric_tolerance, (params.model_extra or {}).get("registry"),
+                               vp.recompute_tolerance if recompute else None)
     out(f"receipt {found['request_id']} ({found['status']}, {found['model']} {found.get('new_version')}) "
         f"against {url}")
     for claim in claims:

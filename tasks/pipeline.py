@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from adapters.queue import Lease
-from adapters.registry import PushError, Superseded, Version
+from adapters.registry import Derivation, PushError, Superseded, Version
 from adapters.runtime import Runtime
 from adapters.substitute import fetch_substitute
 from adapters.validation import (ValidationReport, validate_corpus_forget_set, validate_forget_set,
@@ -111,11 +111,12 @@ def evaluate(family: ModelFamily, method: str, parent, parent_report: dict, mode
 @task(name="commit-version", cache_policy=NO_CACHE)
 def commit_version(rt: Runtime, family: ModelFamily, model_name: str, model, dataset: Dataset,
                    request: DeletionRequest, parent: str, lineage: dict, deleted: dict[str, list[str]],
-                   workdir: Path, guard: Callable[[], object]) -> Version:
-    """Commit model + tombstoned dataset + lineage (no push); refused if ``parent`` is no longer the head.
+                   workdir: Path, guard: Callable[[], object], substitute: np.ndarray | None = None) -> Version:
+    """Commit model + tombstoned dataset + lineage + the DVC stage that re-derives the model (no push);
+    refused if ``parent`` is no longer the head.
 
     ``deleted``: the sample ids of each request the version serves (one, or a batch); each id's
-    tombstone names its own request.
+    tombstone names its own request. ``substitute``: the images the method read, kept as the stage's input.
     """
     path = workdir / "model.pt"
     family.save(model, path, dataset)
@@ -125,8 +126,14 @@ def commit_version(rt: Runtime, family: ModelFamily, model_name: str, model, dat
             family.tombstone(data_dir, ids, request_id)
 
     all_ids = sorted({i for ids in deleted.values() for i in ids})
+    spec = {"kind": request.kind, "forget": request.forget.model_dump(by_alias=True, exclude_none=True),
+            "request_ids": list(deleted)}
+    method = get_method(lineage["method"])  # substitutes are kept only where the method read them
+    derivation = Derivation.from_lineage(lineage, spec, substitute if method.needs_substitute else None,
+                                         reads_forget_set=method.reads_forget_set)
     return rt.registry.commit_version(model_name, path, request.request_id, lineage, all_ids, parent=parent,
-                                      guard=guard, dataset_change=tombstone_all, batch=list(deleted))
+                                      guard=guard, dataset_change=tombstone_all, batch=list(deleted),
+                                      derivation=derivation)
 
 
 @task(name="push-version", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)

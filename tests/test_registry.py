@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,20 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
 
     # lineage carries the dvc md5s, the parent and the deleted ids (ids only)
     lin = v2.lineage
-    dvc_md5 = {f: (ws.path / f).read_text().split("md5: ")[1].split()[0]
-               for f in ("data.dvc", f"models/{NAME}/model.pt.dvc")}
-    assert lin["data"]["md5"] == dvc_md5["data.dvc"] == v2.data_md5
-    assert lin["model"]["md5"] == dvc_md5[f"models/{NAME}/model.pt.dvc"] == v2.model_md5
+    import yaml
+
+    data_md5 = (ws.path / "data.dvc").read_text().split("md5: ")[1].split()[0]
+    lock = yaml.safe_load((ws.path / "dvc.lock").read_text())["stages"]
+    assert lin["data"]["md5"] == data_md5 == v2.data_md5
+    # the model is the output of its DVC stage, derived from the parent's bytes, the data and the request
+    assert lin["model"]["md5"] == lock[NAME]["outs"][0]["md5"] == v2.model_md5
+    assert {d["path"]: d["md5"] for d in lock[NAME]["deps"]}["data"] == v2.data_md5
+    assert [d["path"] for d in lock[NAME]["deps"]] == ["data", f"derivations/{NAME}/request.json", f"inputs/{NAME}"]
+    assert (ws.path / f"inputs/{NAME}/parent.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
+    inputs = json.loads((ws.path / f"derivations/{NAME}/inputs.json").read_text())
+    assert inputs["parent"] == {"path": "parent.pt", "version": "v0.0.1", "md5": v1.model_md5}
+    assert inputs["forget_rows"]["dataset_md5"] == v1.data_md5  # no derivation given: re-running is refused
+    assert not _git(ws.path, "status", "--porcelain").strip()
     assert lin["parent"]["version"] == "v0.0.1" and lin["parent"]["model_md5"] == v1.model_md5
     assert lin["data_before_md5"] == v1.data_md5
     assert lin["deleted_sample_ids"] == sorted(forget_ids) and lin["request_id"] == "req-1"
@@ -247,6 +258,22 @@ def test_purge_superseded_data_erases_old_dataset_bytes(versioned, forget_ids, m
     assert not set(forget_ids) & load_dataset(current / "data").all_ids()
     model_v1 = ws.clone_and_pull(tmp / "after-purge-v1", rev=f"{NAME}@v0.0.1", targets=[f"models/{NAME}/model.pt"])
     assert (model_v1 / f"models/{NAME}/model.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
+
+
+def test_dvc_repro_refuses_a_version_whose_method_read_the_deleted_rows(versioned, tmp_path):
+    """v0.0.2's method read the forget rows (no derivation says otherwise): in a clone, `dvc repro`
+    stops in the inputs stage with a sentence naming the erased input, before running anything."""
+    ws, v1, v2, tmp = versioned
+    ws.push()
+    clone = ws.clone_and_pull(tmp_path / "clone", rev=v2.git_sha, targets=["data.dvc", f"inputs/{NAME}"])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["dvc", "repro", "-f", NAME], cwd=clone, env=env, capture_output=True, text=True)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert f"{NAME} v0.0.2 cannot be re-derived: its input 'forget rows'" in out
+    assert f"in dataset version {v1.data_md5}) was erased with the dataset version before this deletion" in out
+    assert "Erasure wins" in out and "Running stage 'mnist-cnn':" not in out
+    assert (clone / f"models/{NAME}/model.pt").exists() is False  # nothing derived
 
 
 def _md5_of(path: Path) -> str:

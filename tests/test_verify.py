@@ -49,10 +49,17 @@ def done(tmp_path_factory, s3, prefect_api):
             os.environ[key] = value
 
 
-def run_verify(rt, receipt, registry=None):
+def _md5_file(path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def run_verify(rt, receipt, registry=None, *extra):
     from flows.cli import main
 
-    argv = ["verify", str(receipt), "--registry", str(registry or rt.registry_dir), "--state-dir", str(rt.state_dir)]
+    argv = ["verify", str(receipt), "--registry", str(registry or rt.registry_dir), "--state-dir", str(rt.state_dir),
+            *extra]
     return main(argv)
 
 
@@ -103,6 +110,26 @@ def test_receipt_is_signed_and_verifies_from_a_fresh_clone(done, capsys):
         assert f"  {claim} " in out
     assert "FAILED:" not in out and "Fs, MIA_efficacy, UA not re-checked" in out  # need the deleted samples
     assert run_verify(rt, rt.receipts_dir / f"{request_id}.json") == 0  # by file
+
+
+def test_recompute_rederives_the_version_with_dvc_repro(done, capsys):
+    """The class deletion ran LRA-NPP (zero-shot: parent + substitutes): its DVC stage re-derives it in a clone."""
+    rt, request_id = done
+    version = rt.registry.version("mnist-cnn", json.loads((rt.receipts_dir / f"{request_id}.json").read_text())
+                                  ["new_version"])
+    assert version.lineage["method"] == "lra_npp"
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{version.git_sha}:dvc.lock"], cwd=rt.registry_dir,
+                                         capture_output=True, text=True, check=True).stdout)["stages"]
+    assert lock["mnist-cnn"]["outs"][0]["md5"] == version.model_md5
+    assert {d["path"] for d in lock["mnist-cnn"]["deps"]} == {"data", "derivations/mnist-cnn/request.json",
+                                                               "inputs/mnist-cnn"}
+    assert lock["mnist-cnn"]["params"]["derivations/mnist-cnn/params.json"]["method"] == "lra_npp"
+    capsys.readouterr()
+    assert run_verify(rt, request_id, None, "--recompute") == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("  recompute "))
+    assert line.split()[1] == "ok", out
+    assert "re-derived md5" in line
 
 
 def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
@@ -265,7 +292,11 @@ def test_retention_erases_superseded_models_and_old_receipts_still_verify(done, 
         rt.registry.promote("mnist-cnn", 2)
 
     assert retention(state_dir=str(rt.state_dir)) == []  # within the 30-day grace period: nothing erased
+    capsys.readouterr()
+    assert run_verify(rt, second, None, "--recompute") == 0  # retrain re-derives v0.0.3 from its dataset version
+    assert "  recompute ok" in capsys.readouterr().out
     old_md5 = rt.registry.version("mnist-cnn", 2).model_md5
+    assert _md5_file(rt.registry_dir / "inputs" / "mnist-cnn" / "parent.pt") == old_md5  # v0.0.3's stage input
     assert retention(state_dir=str(rt.state_dir), now=time.time() + 31 * 86400) == ["mnist-cnn v0.0.1",
                                                                                    "mnist-cnn v0.0.2"]
     with pytest.raises(rt.s3.client().exceptions.ClientError):
@@ -285,3 +316,8 @@ def test_retention_erases_superseded_models_and_old_receipts_still_verify(done, 
     assert run_verify(rt, second) == 0  # the current version: its parent's bytes are the only ones gone
     out = capsys.readouterr().out
     assert "FAILED" not in out and "metrics_before: model bytes erased by retention" in out
+    assert not (rt.registry_dir / "inputs" / "mnist-cnn" / "parent.pt").exists()  # the work tree's copy went too
+    assert run_verify(rt, second, None, "--recompute") == 0  # erasure wins: the stage refuses, naming the erasure
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  recompute "))
+    assert "not re-checked" in line and "mnist-cnn v0.0.3 cannot be re-derived: its input 'parent model'" in line
+    assert "was erased by retention at" in line

@@ -29,8 +29,14 @@ def resolve_forget_rows(request: DeletionRequest, manifest: list[dict]) -> list[
 
 def build_forget_request(request: DeletionRequest, dataset: Dataset, arch: str, forget_ids: list[str],
                          substitute: np.ndarray | None = None, seed: int = 0) -> ForgetRequest:
-    mask = dataset.train.mask_ids(forget_ids)
-    sub = torch.from_numpy(substitute.astype(np.float32) / 255.0) if substitute is not None else None
     forget_class = request.forget.class_ if request.kind == "class" else None
-    return ForgetRequest(METHOD_KIND[request.kind], dataset.train, mask, dataset.num_classes, arch,
-                         forget_class=forget_class, substitute=sub, seed=seed)
+    return method_request(request.kind, dataset, arch, dataset.train.mask_ids(forget_ids), forget_class,
+                          substitute, seed)
+
+
+def method_request(kind: str, dataset: Dataset, arch: str, forget_mask: np.ndarray, forget_class: int | None = None,
+                   substitute: np.ndarray | None = None, seed: int = 0, retained_only: bool = False) -> ForgetRequest:
+    """``substitute``: uint8 images as submitted; the methods take them scaled to [0, 1]."""
+    sub = torch.from_numpy(substitute.astype(np.float32) / 255.0) if substitute is not None else None
+    return ForgetRequest(METHOD_KIND[kind], dataset.train, forget_mask, dataset.num_classes, arch,
+                         forget_class=forget_class, substitute=sub, seed=seed, retained_only=retained_only)

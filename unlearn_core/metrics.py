@@ -251,3 +251,18 @@ def measure(device: torch.device | str = "cpu", interval_s: float = 0.005):
             sampler.join()
             peak[0] = max(peak[0], _rss_bytes())
             cost.peak_mem_bytes = int(peak[0] - base)
+
+
+def retained_metrics(model, dataset, kind: str | None) -> dict[str, float]:
+    """RA (accuracy on the dataset version's training split, i.e. the retain set), TA, and for a
+    class request TA on the forgotten class's test digits and on the others. The forgotten class
+    is the one the version's training split no longer has."""
+    train, test = Scored.of(model, dataset.train), Scored.of(model, dataset.test)
+    out = {"RA": train.acc(), "TA": test.acc()}
+    if kind == "class":
+        gone = sorted(set(dataset.test.y.tolist()) - set(dataset.train.y.tolist()))
+        if len(gone) == 1:
+            in_class = (dataset.test.y == gone[0]).numpy()
+            out["TA_forget"] = test.where(in_class).acc()
+            out["TA_retained"] = test.where(~in_class).acc()
+    return out

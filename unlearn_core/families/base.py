@@ -19,6 +19,7 @@ class ModelFamily(Protocol):
     exact_method: ClassVar[str]  # the escalation target when every other attempt fails its gates
     batches: ClassVar[bool]  # sample-level requests may be forgotten together (needs member_checks)
     data_kind: ClassVar[str]  # "images" (data/ shards) or "corpus" (data/corpus/): which GX suite validates
+    train_section: ClassVar[str]  # the params.yaml section of its base training (a base version's settings)
 
     def __init__(self, params: Params, arch: str, state_dir: Path): ...
 
@@ -33,6 +34,10 @@ class ModelFamily(Protocol):
 
     def forget_request(self, request, data, arch: str, forget_ids: list[str], substitute=None) -> Any:
         """What the methods consume: the forget set resolved against ``data``."""
+
+    def retained_request(self, spec: dict, data, arch: str, substitute=None) -> Any:
+        """What a method that reads no deleted row consumes, rebuilt from a version's dataset alone
+        (``spec``: the version's request.json); for ``unlearn registry derive``."""
 
     def tombstone(self, data_dir: Path, ids: list[str], request_id: str) -> None:
         """Remove the rows' bytes from the dataset directory and record their ids as deleted."""

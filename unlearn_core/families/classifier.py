@@ -57,6 +57,7 @@ def scored_splits(model: torch.nn.Module, dataset: Dataset) -> tuple[Scored, Sco
 class ClassifierFamily(ImageData):
     name = "classifier"
     exact_method = "retrain"
+    train_section = "train"
     batches = True  # sample-level requests can share one unlearning run (member_checks judges each)
 
     def __init__(self, params: Params, arch: str, state_dir: Path):

@@ -18,6 +18,7 @@ class GanFamily(ImageData):
 
     name = "gan"
     exact_method = "retrain_gan"
+    train_section = "gan"
     batches = False
 
     def __init__(self, params: Params, arch: str, state_dir: Path):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from unlearn_core.data import Dataset, load_dataset, read_manifest, tombstone
-from unlearn_core.forget import build_forget_request, resolve_forget_rows
+from unlearn_core.forget import build_forget_request, method_request, resolve_forget_rows
 
 
 class ImageData:
@@ -21,6 +23,12 @@ class ImageData:
 
     def forget_request(self, request, dataset: Dataset, arch: str, forget_ids: list[str], substitute=None):
         return build_forget_request(request, dataset, arch, forget_ids, substitute)
+
+    def retained_request(self, spec: dict, dataset: Dataset, arch: str, substitute=None):
+        """A version's method request rebuilt from its dataset version alone (the deleted rows are gone)."""
+        mask = np.zeros(len(dataset.train), dtype=bool)
+        return method_request(spec["kind"], dataset, arch, mask, (spec.get("forget") or {}).get("class"), substitute,
+                              retained_only=True)
 
     def tombstone(self, data_dir: Path, ids: list[str], request_id: str) -> None:
         tombstone(data_dir, ids, request_id)

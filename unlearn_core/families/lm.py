@@ -54,6 +54,7 @@ class LMGateParams(BaseModel):
 class LMFamily:
     name = "lm"
     exact_method = "lm_retrain"
+    train_section = "lm_train"
     batches = False
     data_kind = "corpus"
 
@@ -97,6 +98,12 @@ class LMFamily:
         gone = set(forget_ids)
         return LMForgetRequest(request.kind, [r for r in corpus.rows if r.qa_id in gone],
                                [r for r in corpus.rows if r.qa_id not in gone])
+
+    def retained_request(self, spec: dict, corpus: Corpus, arch: str, substitute=None):
+        """A version's method request rebuilt from its corpus version alone (the deleted rows are gone)."""
+        from unlearn_core.lm.unlearning import LMForgetRequest
+
+        return LMForgetRequest(spec["kind"], [], list(corpus.rows), retained_only=True)
 
     def tombstone(self, data_dir: Path, ids: list[str], request_id: str) -> None:
         from unlearn_core.lm.corpus import delete_rows

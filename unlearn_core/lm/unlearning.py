@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..errors import InputError
-from ..methods.base import MethodParams, UnlearnMethod, UnlearnResult
+from ..methods.base import MethodParams, UnlearnMethod, UnlearnResult, check_retained_only
 from ..metrics import measure
 from .corpus import QARow
 from .model import Batch, LanguageModel, lr_lambda, make_batch, seed_everything, sequence_nll
@@ -37,6 +37,7 @@ class LMForgetRequest:
     forget: list[QARow]
     retain: list[QARow]
     seed: int = 0
+    retained_only: bool = False  # a re-derivation's request: the forget rows are erased (see ForgetRequest)
 
     @property
     def subjects(self) -> list[str]:
@@ -69,7 +70,8 @@ class LMUnlearnMethod(UnlearnMethod):
         if request.kind not in self.kinds:
             raise InputError("kind", f"method {self.name!r} handles {'/'.join(self.kinds)} requests, "
                                      f"not {request.kind!r}")
-        if not request.forget:
+        check_retained_only(self, request.retained_only)
+        if not request.retained_only and not request.forget:
             raise InputError("forget", "the forget set is empty")
         if not request.retain:
             raise InputError("forget", "the forget set is the whole corpus; retrain nothing")

@@ -40,6 +40,9 @@ class ForgetRequest:
     forget_class: int | None = None
     substitute: torch.Tensor | None = None
     seed: int = 0
+    # rebuilt from a registry version's dataset alone for a re-derivation: D_f is erased, so the mask is
+    # empty and only methods that never read D_f (``reads_forget_set`` False) may serve it
+    retained_only: bool = False
 
     @property
     def forget(self) -> Split:
@@ -63,6 +66,11 @@ class UnlearnResult:
         return asdict(self)
 
 
+def check_retained_only(method: "UnlearnMethod", retained_only: bool) -> None:
+    if retained_only and method.reads_forget_set:
+        raise InputError("method", f"{method.name!r} reads the forget set, which a re-derivation no longer has")
+
+
 class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,6 +81,9 @@ class UnlearnMethod:
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = KINDS
     needs_substitute: ClassVar[bool] = False
+    # reads D_f (the deleted rows): False only for methods that see the retain set / substitutes alone, the
+    # ones a registry version can be re-derived with after the deletion (its D_f is erased by then)
+    reads_forget_set: ClassVar[bool] = True
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     def __init__(self, model: nn.Module, config: dict | BaseModel | None = None,
@@ -96,8 +107,9 @@ class UnlearnMethod:
             if c is None or not 0 <= c < request.num_classes:
                 raise InputError("forget_class", f"{c!r} is not a class of this model "
                                                  f"(0..{request.num_classes - 1})")
+        check_retained_only(self, request.retained_only)
         n_forget = int(request.forget_mask.sum())
-        if not self.needs_substitute:
+        if not (self.needs_substitute or request.retained_only):
             if n_forget == 0:
                 raise InputError("forget", "the forget set is empty")
             if n_forget == len(request.train):

@@ -7,6 +7,7 @@ from ..lm.unlearning import LMUnlearnMethod
 
 class LmRetrain(LMUnlearnMethod):
     name = "lm_retrain"
+    reads_forget_set = False  # the retained rows only
     Params = LMTrainParams
 
     def _run(self, lm, request):

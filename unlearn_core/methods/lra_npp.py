@@ -72,6 +72,7 @@ class LraNpp(UnlearnMethod):
     name = "lra_npp"
     kinds = ("class",)
     needs_substitute = True
+    reads_forget_set = False  # zero-shot: substitutes and the parent only
     Params = LraNppParams
     perturbations: ClassVar[tuple[str, ...]] = ("zero", "gaussian", "laplace")
 

@@ -13,6 +13,7 @@ class Retrain(UnlearnMethod):
     """Train a fresh model of the same architecture on D_r with the base schedule."""
 
     name = "retrain"
+    reads_forget_set = False  # D_r only
     Params = TrainParams
 
     def _run(self, model: nn.Module, request: ForgetRequest) -> tuple[nn.Module, dict]:

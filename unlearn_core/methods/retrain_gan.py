@@ -15,6 +15,7 @@ from .base import ForgetRequest, UnlearnMethod
 
 class RetrainGan(UnlearnMethod):
     name = "retrain_gan"
+    reads_forget_set = False  # D_r only
     Params = GanParams
 
     def check(self, request: ForgetRequest) -> None:
