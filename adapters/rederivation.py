@@ -3,9 +3,10 @@
 Each version is the output of its model's DVC stage as of the version's commit (adapters/registry.py
 writes it; unlearn_core/rederive.py is what the stage runs). Here:
 
-- :func:`check_inputs` is the ``<name>-inputs`` stage's command: every recorded input is present with
-  its md5, or the erasure that removed it is named (retention's signed record for a parent model; the
-  deletion itself for the rows a method read). ``dvc repro`` then stops with that sentence.
+- :func:`check_inputs` is the ``<name>-inputs`` stage's command: the dataset version and every recorded
+  input are present with their md5, or the erasure that removed them is named (a later deletion for a
+  superseded dataset version, retention's signed record for a parent model, the deletion itself for
+  the rows a method read). ``dvc repro`` then stops with that sentence.
 - :func:`recompute` clones the registry at a version, pulls what is still stored, runs
   ``dvc repro -f <name>`` and compares: the same md5, or, where kernels or thread counts differ from
   the service's run, classifier metrics on the version's dataset within a tolerance.
@@ -21,8 +22,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from adapters.registry import DVC, RegistryWorkspace, Version
-from unlearn_core.rederive import INPUTS, ErasedInput, check_not_erased, read_spec
+from unlearn_core.rederive import DATASET_POINTER, INPUTS, ErasedInput, check_not_erased, read_spec
 
 REFUSED = "cannot be re-derived"  # what the stages print when erasure wins
 
@@ -47,19 +50,52 @@ def _erasure_record(root: Path, name: str, version: str) -> dict | None:
     return json.loads(text) if text else None
 
 
+def _latest_dataset_md5(root: Path) -> str | None:
+    """The md5 of the newest dataset version any branch of the clone records."""
+    shas = subprocess.run(["git", "log", "--all", "--format=%H", "-n1", "--", "data.dvc"], cwd=root,
+                          capture_output=True, text=True).stdout.split()
+    if not shas:
+        return None
+    text = subprocess.run(["git", "show", f"{shas[0]}:data.dvc"], cwd=root, capture_output=True, text=True).stdout
+    return yaml.safe_load(text)["outs"][0]["md5"]
+
+
+def _dataset_in_place(root: Path, md5: str) -> bool:
+    """``data/`` is the dataset version ``md5``: data.dvc names it and every file of its listing is there."""
+    tracked = root / "data.dvc"
+    if not tracked.exists() or yaml.safe_load(tracked.read_text())["outs"][0]["md5"] != md5:
+        return False
+    listing = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    if not listing.exists():
+        return False
+    return all((root / "data" / e["relpath"]).is_file() and _md5(root / "data" / e["relpath"]) == e["md5"]
+               for e in json.loads(listing.read_text()))
+
+
 def check_inputs(root: Path, name: str) -> list[str]:
-    """The ``<name>-inputs`` stage: each input in place with its recorded md5, else :class:`ErasedInput`
-    naming the erasure (or a RuntimeError when nothing explains its absence)."""
+    """The ``<name>-inputs`` stage: the dataset version in ``data/`` and each input file in place with its
+    recorded md5, else :class:`ErasedInput` naming the erasure (or a RuntimeError when nothing explains
+    the absence: then it was not pulled)."""
     root = Path(root)
     check_not_erased(root, name)
     params, _, inputs = read_spec(root, name)
     version = params.get("version", "?")
-    checked = []
+    folder = root / INPUTS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = inputs["dataset"]
+    (folder / DATASET_POINTER).write_text(json.dumps(dataset) + "\n")
+    if not _dataset_in_place(root, dataset["md5"]):
+        if _latest_dataset_md5(root) != dataset["md5"]:
+            raise ErasedInput(name, version, f"'dataset version' (data md5 {dataset['md5']})",
+                              "was erased when a later deletion superseded it: only the latest dataset version "
+                              "is kept, since every earlier one holds rows deleted since")
+        raise RuntimeError(f"{name} {version}: data/ is not dataset version {dataset['md5']}; run `dvc pull data.dvc`")
+    checked = [f"dataset {dataset['md5']}"]
     for key in ("parent", "substitute"):
         entry = inputs.get(key)
         if not entry:
             continue
-        path = root / INPUTS / name / entry["path"]
+        path = folder / entry["path"]
         if path.is_file() and _md5(path) == entry["md5"]:
             checked.append(f"{key} {entry['md5']}")
             continue
@@ -68,7 +104,7 @@ def check_inputs(root: Path, name: str) -> list[str]:
             if record is not None:
                 raise ErasedInput(name, version, f"'parent model' ({name} {entry['version']}, md5 {entry['md5']})",
                                   f"was erased by retention at {record.get('at')} ({record.get('summary')})")
-        raise RuntimeError(f"{name} {version}: input {key} (md5 {entry['md5']}) is not in {path.parent} and no "
+        raise RuntimeError(f"{name} {version}: input {key} (md5 {entry['md5']}) is not in {folder} and no "
                            "erasure is recorded; run `dvc pull` first")
     return checked
 
@@ -94,8 +130,8 @@ def recompute(source: RegistryWorkspace, version: Version, dest: Path, tolerance
     except ErasedInput as exc:
         return Recomputed("refused", str(exc))
     # what is still stored; an erased parent stays missing, and the inputs stage names its erasure
-    targets = [t.removeprefix(str(dest) + "/") for t in source._dvc_targets(name, version.git_sha)]
-    subprocess.run([DVC, "pull", "-q", *targets], cwd=dest, env=env, capture_output=True, text=True)
+    for target in source._dvc_targets(name):  # one by one: an erased object fails the whole pull's checkout
+        subprocess.run([DVC, "pull", "-q", target], cwd=dest, env=env, capture_output=True, text=True)
     run = subprocess.run([DVC, "repro", "-f", name], cwd=dest, env=env, capture_output=True, text=True)
     output = (run.stdout + run.stderr).strip()
     if run.returncode != 0:

@@ -6,8 +6,9 @@ Layout of a workspace (never the project checkout)::
     data/ + data.dvc                       the dataset directory (tombstoned per request)
     models/<name>/model.pt                 one file per model, a new md5 per version: the output of
                                            the DVC stage ``<name>`` (dvc.yaml, md5s in dvc.lock)
-    inputs/<name>/                         the stage's model inputs: the parent's bytes (parent.pt) and
-                                           any substitute images (substitute.npy), output of ``<name>-inputs``
+    inputs/<name>/                         the stage's inputs: the dataset version's md5 (dataset.json), the
+                                           parent's bytes (parent.pt), any substitutes (substitute.npy);
+                                           output of the stage ``<name>-inputs``
     derivations/<name>/                    the stage's request.json, params.json (method, settings) and
                                            inputs.json (each input's md5 and origin)
     lineage/<name>/v<N>.json               lineage of version N, semver ``v0.0.<N>``
@@ -53,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unlearn_core.data import is_dataset_dir
 from unlearn_core.errors import InputError
-from unlearn_core.rederive import DERIVATIONS, INPUTS
+from unlearn_core.rederive import BASE_METHOD, DATASET_POINTER, DERIVATIONS, INPUTS
 
 REMOTE = "storage"
 DEFAULT_BUCKET = "unlearnops"
@@ -185,7 +186,7 @@ class Derivation:
     def from_lineage(cls, lineage: dict, request: dict | None = None, substitute: np.ndarray | None = None,
                      reads_forget_set: bool | None = None) -> "Derivation":
         method = lineage.get("method") or "unknown"
-        base = method == "train"
+        base = method == BASE_METHOD
         return cls(method, dict(lineage.get("params") or {}), lineage.get("family"), lineage.get("arch"),
                    {"kind": "base"} if base else (request or {"kind": lineage.get("kind")}), substitute,
                    (not base) if reads_forget_set is None else reads_forget_set)
@@ -317,8 +318,8 @@ class RegistryWorkspace:
         rel = self._model_rel(name)
         (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_path, self.path / rel)
-        stages = self._write_stage(name, number, derivation, parent, lineage.get("data_before_md5"))
         self._dvc("add", "-q", "data")
+        stages = self._write_stage(name, number, derivation, parent, lineage.get("data_before_md5"))
         self._dvc("commit", "-q", "-f", *stages)
         lineage = {**lineage, "model_name": name, "version": semver(number),
                    "model": {"path": rel, "md5": self._model_md5(name)},
@@ -328,17 +329,19 @@ class RegistryWorkspace:
         lin.write_text(self._lineage_json(lineage) + "\n")
         paths = ["dvc.yaml", "dvc.lock", "data.dvc", ".gitignore", str(Path(rel).parent / ".gitignore"),
                  f"{DERIVATIONS}/{name}", str(lin.relative_to(self.path))]
-        self._git("add", "-A", "--", *paths, *([f"{INPUTS}/.gitignore"] if len(stages) > 1 else []))
+        self._git("add", "-A", "--", *paths, f"{INPUTS}/.gitignore")
         self._git("commit", "-q", "-m", message)
         return self._git("rev-parse", "HEAD").strip()
 
     def _write_stage(self, name: str, number: int, d: Derivation, parent: Version | None,
                      data_before_md5: str | None) -> list[str]:
-        """The model's stages in dvc.yaml as of this version; returns their names.
+        """The model's two stages in dvc.yaml as of this version (after ``dvc add data``); returns their names.
 
-        ``<name>-inputs`` (only when there is a parent) holds the parent's bytes and any substitute
-        images; its command checks them by md5 or names the erasure that removed them. ``<name>``
-        derives the model from them, ``data/``, the request and the method settings.
+        ``<name>-inputs`` holds what the method reads besides the request: ``dataset.json`` (the md5 of
+        the dataset version, whose files are ``data/``), the parent's bytes and any substitute images.
+        Its command checks each by md5 or names the erasure that removed it, so ``dvc repro`` stops
+        there with that sentence, before DVC looks for anything that is gone. ``<name>`` derives the
+        model from those inputs, the request and the method settings.
         """
         spec_dir = self.path / DERIVATIONS / name
         if spec_dir.exists():
@@ -346,9 +349,10 @@ class RegistryWorkspace:
         spec_dir.mkdir(parents=True)
         inputs_dir = self.path / INPUTS / name
         shutil.rmtree(inputs_dir, ignore_errors=True)
-        inputs = {}
+        inputs_dir.mkdir(parents=True)
+        inputs = {"dataset": {"path": DATASET_POINTER, "md5": self._md5("data.dvc")}}
+        (inputs_dir / DATASET_POINTER).write_text(json.dumps(inputs["dataset"]) + "\n")
         if parent is not None:
-            inputs_dir.mkdir(parents=True)
             shutil.copyfile(self.model_path(name, parent), inputs_dir / "parent.pt")
             inputs["parent"] = {"path": "parent.pt", "version": parent.semver, "md5": parent.model_md5}
             if d.substitute is not None:
@@ -364,24 +368,21 @@ class RegistryWorkspace:
         self._spec_json(spec_dir / "request.json", d.request)
         self._spec_json(spec_dir / "inputs.json", inputs)
         spec = f"{DERIVATIONS}/{name}"
-        stage = {"cmd": f"unlearn registry derive {name}",
-                 "deps": ["data", f"{spec}/request.json", *([f"{INPUTS}/{name}"] if parent else [])],
-                 "params": [{f"{spec}/params.json": None}], "outs": [self._model_rel(name)]}
         dvc_yaml = self.path / "dvc.yaml"
         pipeline = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.exists() else {}
         stages = pipeline.setdefault("stages", {})
-        stages.pop(f"{name}-inputs", None)
-        if parent is not None:
-            stages[f"{name}-inputs"] = {"cmd": f"unlearn registry inputs {name}",
-                                        "params": [{f"{spec}/inputs.json": None}],
-                                        "outs": [{f"{INPUTS}/{name}": {"persist": True}}]}  # checked in place
-        stages[name] = stage
+        stages[f"{name}-inputs"] = {"cmd": f"unlearn registry inputs {name}",
+                                    "params": [{f"{spec}/inputs.json": None}],
+                                    "outs": [{f"{INPUTS}/{name}": {"persist": True}}]}  # checked in place
+        stages[name] = {"cmd": f"unlearn registry derive {name}",
+                        "deps": [f"{INPUTS}/{name}", f"{spec}/request.json"],
+                        "params": [{f"{spec}/params.json": None}], "outs": [self._model_rel(name)]}
         dvc_yaml.write_text(yaml.safe_dump(pipeline, sort_keys=False))
         old = self.path / (self._model_rel(name) + ".dvc")  # registries made before models were stage outputs
         if old.exists():
             self._git("rm", "-q", "--cached", str(old.relative_to(self.path)))
             old.unlink()
-        return [n for n in (f"{name}-inputs", name) if n in stages]
+        return [f"{name}-inputs", name]
 
     def _spec_json(self, path: Path, value: dict) -> None:
         path.write_text(self._lineage_json(value) + "\n")
@@ -391,10 +392,9 @@ class RegistryWorkspace:
         text = self._git("show", f"{rev}:dvc.lock") if rev else (self.path / "dvc.lock").read_text()
         return yaml.safe_load(text)["stages"][name]["outs"][0]["md5"]
 
-    def _dvc_targets(self, name: str, rev: str) -> list[str]:
-        """What one version's objects are: its model, its stage inputs (if any) and its dataset version."""
-        stages = yaml.safe_load(self._git("show", f"{rev}:dvc.yaml"))["stages"]
-        return [self._model_rel(name), *([f"{INPUTS}/{name}"] if f"{name}-inputs" in stages else []), "data.dvc"]
+    def _dvc_targets(self, name: str) -> list[str]:
+        """What one version's objects are: its model, its stage inputs and its dataset version."""
+        return [self._model_rel(name), f"{INPUTS}/{name}", "data.dvc"]
 
     # ---------------------------------------------------------------- API
 
@@ -559,7 +559,7 @@ class RegistryWorkspace:
             with self._lock():
                 self._dvc("push", "-q", "--all-commits", error=PushError)
             return
-        targets = self._dvc_targets(version.name, version.git_sha)
+        targets = self._dvc_targets(version.name)
         with self._lock(), self._dvc_env():
             from dvc.repo import Repo
 
@@ -636,7 +636,7 @@ class RegistryWorkspace:
         sha = self._sha(model_name, number)
         try:
             with self._dvc_env(), Repo(str(self.path)) as repo, repo.switch(sha):
-                used = repo.used_objs(self._dvc_targets(model_name, sha), force=True, push=True)
+                used = repo.used_objs(self._dvc_targets(model_name), force=True, push=True)
                 missing = []
                 for odb, ids in used.items():
                     if odb is None:

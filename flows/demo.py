@@ -21,6 +21,7 @@ DEMO_CLASS = 3
 def run_demo(state_dir: str | None, params_path: str) -> int:
     started = time.perf_counter()
     state = Path(state_dir).expanduser().resolve() if state_dir else Path(tempfile.mkdtemp(prefix="unlearnops-demo-"))
+    state.mkdir(parents=True, exist_ok=True)  # Prefect's database goes in it: the server exits if it cannot write
     os.environ.setdefault("PREFECT_HOME", str(state / "prefect-home"))  # keep Prefect's files with the demo
     from adapters.services import TemporaryPrefectApi
 

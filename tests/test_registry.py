@@ -66,11 +66,12 @@ def test_init_commit_push_promote_clone(versioned, forget_ids, mnist_dir, s3):
     assert lin["data"]["md5"] == data_md5 == v2.data_md5
     # the model is the output of its DVC stage, derived from the parent's bytes, the data and the request
     assert lin["model"]["md5"] == lock[NAME]["outs"][0]["md5"] == v2.model_md5
-    assert {d["path"]: d["md5"] for d in lock[NAME]["deps"]}["data"] == v2.data_md5
-    assert [d["path"] for d in lock[NAME]["deps"]] == ["data", f"derivations/{NAME}/request.json", f"inputs/{NAME}"]
+    assert {d["path"] for d in lock[NAME]["deps"]} == {f"inputs/{NAME}", f"derivations/{NAME}/request.json"}
     assert (ws.path / f"inputs/{NAME}/parent.pt").read_bytes() == (tmp / "m1.pt").read_bytes()
+    assert json.loads((ws.path / f"inputs/{NAME}/dataset.json").read_text())["md5"] == v2.data_md5
     inputs = json.loads((ws.path / f"derivations/{NAME}/inputs.json").read_text())
     assert inputs["parent"] == {"path": "parent.pt", "version": "v0.0.1", "md5": v1.model_md5}
+    assert inputs["dataset"]["md5"] == v2.data_md5
     assert inputs["forget_rows"]["dataset_md5"] == v1.data_md5  # no derivation given: re-running is refused
     assert not _git(ws.path, "status", "--porcelain").strip()
     assert lin["parent"]["version"] == "v0.0.1" and lin["parent"]["model_md5"] == v1.model_md5

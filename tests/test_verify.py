@@ -121,8 +121,7 @@ def test_recompute_rederives_the_version_with_dvc_repro(done, capsys):
     lock = yaml.safe_load(subprocess.run(["git", "show", f"{version.git_sha}:dvc.lock"], cwd=rt.registry_dir,
                                          capture_output=True, text=True, check=True).stdout)["stages"]
     assert lock["mnist-cnn"]["outs"][0]["md5"] == version.model_md5
-    assert {d["path"] for d in lock["mnist-cnn"]["deps"]} == {"data", "derivations/mnist-cnn/request.json",
-                                                               "inputs/mnist-cnn"}
+    assert {d["path"] for d in lock["mnist-cnn"]["deps"]} == {"derivations/mnist-cnn/request.json", "inputs/mnist-cnn"}
     assert lock["mnist-cnn"]["params"]["derivations/mnist-cnn/params.json"]["method"] == "lra_npp"
     capsys.readouterr()
     assert run_verify(rt, request_id, None, "--recompute") == 0
@@ -295,6 +294,10 @@ def test_retention_erases_superseded_models_and_old_receipts_still_verify(done, 
     capsys.readouterr()
     assert run_verify(rt, second, None, "--recompute") == 0  # retrain re-derives v0.0.3 from its dataset version
     assert "  recompute ok" in capsys.readouterr().out
+    assert run_verify(rt, first, None, "--recompute") == 0  # v0.0.2's dataset version went with the 2nd deletion
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  recompute "))
+    assert "not re-checked" in line and "mnist-cnn v0.0.2 cannot be re-derived: its input 'dataset version'" in line
+    assert "was erased when a later deletion superseded it" in line
     old_md5 = rt.registry.version("mnist-cnn", 2).model_md5
     assert _md5_file(rt.registry_dir / "inputs" / "mnist-cnn" / "parent.pt") == old_md5  # v0.0.3's stage input
     assert retention(state_dir=str(rt.state_dir), now=time.time() + 31 * 86400) == ["mnist-cnn v0.0.1",

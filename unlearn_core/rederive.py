@@ -3,8 +3,8 @@
 The registry writes, at each version's commit, a DVC stage per model (adapters/registry.py):
 ``derivations/<name>/params.json`` (method, its settings, family, architecture), ``request.json``
 (kind and forget spec, ids only), ``inputs.json`` (each input's md5 and origin) and, under
-``inputs/<name>/``, the parent's bytes and any substitute images. ``data/`` is the dataset version
-after the deletion. A version made by a method that read the deleted rows cannot be re-run: those
+``inputs/<name>/``, the dataset version's md5, the parent's bytes and any substitute images.
+``data/`` is that dataset version: the one after the deletion. A version made by a method that read the deleted rows cannot be re-run: those
 rows were only in the dataset version before the deletion, erased once the deletion was done.
 Erasure wins, and :class:`ErasedInput` says so.
 """
@@ -20,6 +20,7 @@ from .config import Params, parse_params
 from .errors import InputError
 
 DERIVATIONS, INPUTS = "derivations", "inputs"
+DATASET_POINTER = "dataset.json"  # in inputs/<name>/: the md5 of the dataset version the stage reads from data/
 BASE_METHOD = "train"  # a base version: trained from the dataset alone
 
 
@@ -27,7 +28,6 @@ class ErasedInput(Exception):
     """An input of the stage was erased on purpose; the version cannot be re-derived."""
 
     def __init__(self, name: str, version: str, what: str, why: str):
-        self.what, self.why = what, why
         super().__init__(f"{name} {version} cannot be re-derived: its input {what} {why}. Erasure wins: "
                          "deleted data is never restored to recompute a model")
 
