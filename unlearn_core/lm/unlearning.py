@@ -101,6 +101,10 @@ class LossMethod(LMUnlearnMethod):
         """The step's loss; ``ref`` is the frozen model before unlearning (methods with ``needs_reference``)."""
         raise NotImplementedError
 
+    def trainable(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters the loop updates: every one that requires a gradient (LoRA: the adapters)."""
+        return [x for x in net.parameters() if x.requires_grad]
+
     def prepare(self, lm: LanguageModel, request: LMForgetRequest) -> dict:
         """Work before the loop (e.g. attributions); returns details for the receipt."""
         return {}
@@ -117,7 +121,10 @@ class LossMethod(LMUnlearnMethod):
                 param.requires_grad_(False)
         net = _with_lora(lm.net, p) if p.lora else lm.net
         net.train()
-        trainable = [x for x in net.parameters() if x.requires_grad]
+        trainable = self.trainable(net)
+        chosen = {id(x) for x in trainable}
+        for x in net.parameters():  # no gradients computed for what does not train
+            x.requires_grad_(id(x) in chosen)
         steps_per_epoch = math.ceil(len(request.forget) / p.batch_size)
         total = p.epochs * steps_per_epoch
         opt = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0)
@@ -142,10 +149,10 @@ class LossMethod(LMUnlearnMethod):
                 sched.step()
                 losses.append(float(loss.detach()))
         net.eval()
-        if p.lora:  # a plain GPT-2 again; peft froze the base weights, the next method must be able to train them
+        if p.lora:  # a plain GPT-2 again
             net = net.merge_and_unload()
-            for param in net.parameters():
-                param.requires_grad_(True)
+        for param in net.parameters():  # peft or ``trainable`` froze weights the next method must be able to train
+            param.requires_grad_(True)
         lm.net = net
         return lm, {**details, "steps": total, "final_loss": round(losses[-1], 5) if losses else None}
 
