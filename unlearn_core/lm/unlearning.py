@@ -119,7 +119,7 @@ class LossMethod(LMUnlearnMethod):
             ref = lm.copy().net.to(self.device).eval()
             for param in ref.parameters():
                 param.requires_grad_(False)
-        net = _with_lora(lm.net, p) if p.lora else lm.net
+        net = with_lora(lm.net, p) if p.lora else lm.net
         net.train()
         trainable = self.trainable(net)
         chosen = {id(x) for x in trainable}
@@ -157,11 +157,14 @@ class LossMethod(LMUnlearnMethod):
         return lm, {**details, "steps": total, "final_loss": round(losses[-1], 5) if losses else None}
 
 
-def _with_lora(net: torch.nn.Module, p: LMLoopParams) -> torch.nn.Module:
+def with_lora(net: torch.nn.Module, p: LMLoopParams) -> torch.nn.Module:
+    """LoRA on the attention projections: GPT-2's fused ``c_attn`` (a Conv1D), else (Llama) ``q_proj``/``v_proj``."""
     from peft import LoraConfig, get_peft_model
 
+    gpt2 = net.config.model_type == "gpt2"
     config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                        target_modules=["c_attn"], fan_in_fan_out=True, bias="none")
+                        target_modules=["c_attn"] if gpt2 else ["q_proj", "v_proj"], fan_in_fan_out=gpt2,
+                        bias="none")
     return get_peft_model(net, config)
 
 
