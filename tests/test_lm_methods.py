@@ -25,12 +25,13 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 PARENT = LMTrainParams(n_embd=32, n_head=2, n_layer=1, epochs=5, batch_size=40, lr=1e-2)
 LOOP = {"epochs": 2, "batch_size": 20, "lr": 1e-2}
 CONFIGS = {
-    "grad_ascent": LOOP, "grad_diff": LOOP, "npo": LOOP, "simnpo": LOOP, "idk_dpo": LOOP,
+    "grad_ascent": LOOP, "grad_diff": LOOP, "npo": LOOP, "simnpo": LOOP, "idk_dpo": LOOP, "rmu": LOOP,
     "lm_concept_poison": {**LOOP, "ig_steps": 4},
     "lm_random_poison": LOOP,
     "lm_retrain": {**PARENT.model_dump(), "epochs": 3},  # the parent's recipe (shorter), retain rows only
 }
 RAISE_FORGET_NLL = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo")
+RMU_LOOP = {"epochs": 20, "batch_size": 20, "lr": 1e-2, "steering_coeff": 4.0, "alpha": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -381,3 +382,72 @@ def test_loss_matches_its_definition(name, parent, runs, request_):
         want = -(2 / beta) * logsig(beta * (win - lose)).mean() + nll_r
     assert math.isfinite(got)
     assert got == pytest.approx(want, rel=1e-3, abs=1e-4), (name, got, want)
+
+
+# ---------------------------------------------------------------- RMU
+
+@pytest.fixture(scope="module")
+def two_layer(corpus):
+    """A 2-layer model trained until it knows the authors (RMU's default layer is block 0 of 2)."""
+    lm, _ = fit(corpus.rows, LMTrainParams(n_embd=32, n_head=2, n_layer=2, epochs=25, batch_size=40, lr=1e-2))
+    return lm
+
+
+def test_rmu_forgets_the_author_and_keeps_the_retained_ones(two_layer, request_):
+    retain_authors = [r for r in request_.retain if r.set == "authors"]
+    before = {"forget": _nll(two_layer, request_.forget), "retain": _nll(two_layer, retain_authors)}
+    lm, result = get_method("rmu")(two_layer, RMU_LOOP, device="cpu").unlearn(request_)
+    after = {"forget": _nll(lm, request_.forget), "retain": _nll(lm, retain_authors)}
+    assert result.details["layer"] == 0 and result.details["trained_blocks"] == [0, 0]
+    # measured: forget 0.64 -> 1.84, retained authors 0.66 -> 0.71 (mean answer-token NLL)
+    assert after["forget"] > before["forget"] + 0.8, (before, after)  # p(answer) down by more than 2x
+    assert after["retain"] < before["retain"] + 0.2, (before, after)
+
+
+def test_rmu_trains_only_the_mlps_up_to_its_layer(two_layer, request_):
+    state = {k: v.clone() for k, v in two_layer.net.state_dict().items()}
+    lm, _ = get_method("rmu")(two_layer, {**LOOP, "layer": 0}, device="cpu").unlearn(request_)
+    changed = {k for k, v in lm.net.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and all(k.startswith("transformer.h.0.mlp.") for k in changed), changed
+    assert all(p.requires_grad for p in lm.net.parameters())  # the next method can train every weight
+
+
+def test_rmu_loss_matches_its_definition(two_layer, request_):
+    from unlearn_core.lm.model import make_batch
+
+    config = {**LOOP, "steering_coeff": 3.0, "alpha": 2.0}
+    method = get_method("rmu")(two_layer, config, device="cpu")
+    method.prepare(two_layer, request_)
+    other, _ = get_method("grad_ascent")(two_layer, LOOP, device="cpu").unlearn(request_)
+    f_rows, r_rows = request_.forget[:4], request_.retain[:5]
+    fb = make_batch(two_layer, [r.question for r in f_rows], [r.answer for r in f_rows])
+    rb = make_batch(two_layer, [r.question for r in r_rows], [r.answer for r in r_rows])
+    with torch.no_grad():
+        got = float(method.loss(two_layer.net, other.net, fb, rb, f_rows))
+
+        def h0(net, batch):  # block 0's output: hidden_states[1] (only the last one has ln_f applied)
+            out = net(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+            return out.hidden_states[1].double()
+
+        def token_mean(sq, batch):
+            keep = batch.labels != -100
+            return np.mean([float(sq[i][keep[i]].mean()) for i in range(len(batch))])
+
+        u = torch.rand(32, generator=torch.Generator().manual_seed(0)).double()
+        steer = 3.0 * u / u.norm()
+        d = 32
+        forget = token_mean(((h0(two_layer.net, fb) - steer) ** 2).sum(-1) / d, fb)
+        retain = token_mean(((h0(two_layer.net, rb) - h0(other.net, rb)) ** 2).sum(-1) / d, rb)
+    assert float(steer.norm()) == pytest.approx(3.0)
+    assert retain > 0
+    assert got == pytest.approx(forget + 2.0 * retain, rel=1e-4)
+
+
+@pytest.mark.parametrize("config, field", [({"layer": 2}, "rmu.layer"), ({"lora": True}, "rmu.lora"),
+                                           ({"steering_coeff": 0}, "rmu.steering_coeff"),
+                                           ({"trainable_layers": 0}, "rmu.trainable_layers"),
+                                           ({"alpha": -1}, "rmu.alpha")])
+def test_rmu_bad_params_name_the_field(config, field, two_layer, request_):
+    with pytest.raises(InputError) as err:
+        get_method("rmu")(two_layer, {**LOOP, **config}, device="cpu").unlearn(request_)
+    assert err.value.field == field

@@ -37,7 +37,6 @@ from unlearn_core.lm.model import (
     load_lm,
     make_batch,
     new_model,
-    prompt_ids,
     words,
 )
 
@@ -80,7 +79,7 @@ def test_make_batch_labels_only_answer_and_eos(untrained, corpus):
     b = make_batch(lm, q, a)
     assert b.input_ids.shape == b.labels.shape == b.attention_mask.shape
     for i, r in enumerate(rows):
-        p = prompt_ids(lm, r.question)
+        p = lm.prompt_ids(r.question)
         ans = [*lm.encode(r.answer), lm.id(EOS)]
         n = len(p) + len(ans)
         assert b.input_ids[i, :n].tolist() == p + ans
@@ -107,7 +106,7 @@ def test_answer_nll_matches_hand_computation(trained, corpus):
     got = answer_nll(lm, [r.question for r in rows], [r.answer for r in rows])
     assert got.shape == (2,)
     for k, r in enumerate(rows):
-        p = prompt_ids(lm, r.question)
+        p = lm.prompt_ids(r.question)
         ans = [*lm.encode(r.answer), lm.id(EOS)]
         ids = torch.tensor([p + ans])
         with torch.no_grad():

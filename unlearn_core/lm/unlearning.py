@@ -103,6 +103,10 @@ class LossMethod(LMUnlearnMethod):
         """The step's loss; ``ref`` is the frozen model before unlearning (methods with ``needs_reference``)."""
         raise NotImplementedError
 
+    def trainable(self, net: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters the loop updates: every one that requires a gradient (LoRA: the adapters)."""
+        return [x for x in net.parameters() if x.requires_grad]
+
     def prepare(self, lm: LanguageModel, request: LMForgetRequest) -> dict:
         """Work before the loop (e.g. attributions); returns details for the receipt."""
         return {}
@@ -117,9 +121,12 @@ class LossMethod(LMUnlearnMethod):
             ref = lm.copy().net.to(self.device).eval()
             for param in ref.parameters():
                 param.requires_grad_(False)
-        net = _with_lora(lm.net, p) if p.lora else lm.net
+        net = with_lora(lm.net, p) if p.lora else lm.net
         net.train()
-        trainable = [x for x in net.parameters() if x.requires_grad]
+        trainable = self.trainable(net)
+        chosen = {id(x) for x in trainable}
+        for x in net.parameters():  # no gradients computed for what does not train
+            x.requires_grad_(id(x) in chosen)
         steps_per_epoch = math.ceil(len(request.forget) / p.batch_size)
         total = p.epochs * steps_per_epoch
         opt = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.0)
@@ -144,19 +151,22 @@ class LossMethod(LMUnlearnMethod):
                 sched.step()
                 losses.append(float(loss.detach()))
         net.eval()
-        if p.lora:  # a plain GPT-2 again; peft froze the base weights, the next method must be able to train them
+        if p.lora:  # a plain GPT-2 again
             net = net.merge_and_unload()
-            for param in net.parameters():
-                param.requires_grad_(True)
+        for param in net.parameters():  # peft or ``trainable`` froze weights the next method must be able to train
+            param.requires_grad_(True)
         lm.net = net
         return lm, {**details, "steps": total, "final_loss": round(losses[-1], 5) if losses else None}
 
 
-def _with_lora(net: torch.nn.Module, p: LMLoopParams) -> torch.nn.Module:
+def with_lora(net: torch.nn.Module, p: LMLoopParams) -> torch.nn.Module:
+    """LoRA on the attention projections: GPT-2's fused ``c_attn`` (a Conv1D), else (Llama) ``q_proj``/``v_proj``."""
     from peft import LoraConfig, get_peft_model
 
+    gpt2 = net.config.model_type == "gpt2"
     config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                        target_modules=["c_attn"], fan_in_fan_out=True, bias="none")
+                        target_modules=["c_attn"] if gpt2 else ["q_proj", "v_proj"], fan_in_fan_out=gpt2,
+                        bias="none")
     return get_peft_model(net, config)
 
 

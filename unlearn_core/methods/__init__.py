@@ -21,7 +21,7 @@ _CLASSES = {
     # language models (unlearn_core.lm)
     "lm_concept_poison": "lm_concept_poison:LmConceptPoison", "lm_random_poison": "lm_random_poison:LmRandomPoison",
     "grad_ascent": "grad_ascent:GradAscent", "grad_diff": "grad_diff:GradDiff", "npo": "npo:Npo",
-    "simnpo": "simnpo:SimNpo", "idk_dpo": "idk_dpo:IdkDpo", "lm_retrain": "lm_retrain:LmRetrain",
+    "simnpo": "simnpo:SimNpo", "idk_dpo": "idk_dpo:IdkDpo", "rmu": "rmu:Rmu", "lm_retrain": "lm_retrain:LmRetrain",
 }
 METHODS: frozenset[str] = frozenset(_CLASSES)
 

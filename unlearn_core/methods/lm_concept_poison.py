@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 import torch
 from pydantic import Field
 
-from ..lm.model import PAD, make_batch, prompt_ids, words
+from ..lm.model import PAD, make_batch, words
 from ..lm.poisoning import PoisonMethod, PoisonParams
 
 
@@ -39,7 +39,7 @@ def answer_word_attributions(lm, rows, steps: int) -> list[list[float]]:
         batch = make_batch(lm, [row.question], [row.answer]).to(lm.device)
         ids, labels = batch.input_ids, batch.labels
         enc = lm.tokenizer.encode(row.answer)
-        start = len(prompt_ids(lm, row.question))  # the answer's tokens: start .. start + len - 1, then <eos>
+        start = len(lm.prompt_ids(row.question))  # the answer's tokens: start .. start + len - 1, then <eos>
         baseline = ids.clone()
         baseline[0, start:start + len(enc.ids)] = lm.id(PAD)
 
