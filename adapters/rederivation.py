@@ -13,7 +13,6 @@ writes it; unlearn_core/rederive.py is what the stage runs). Here:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,18 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from adapters.registry import DVC, RegistryWorkspace, Version
+from adapters.registry import DVC, RegistryWorkspace, Version, file_md5
 from unlearn_core.rederive import DATASET_POINTER, INPUTS, ErasedInput, check_not_erased, read_spec
 
 REFUSED = "cannot be re-derived"  # what the stages print when erasure wins
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _erasure_record(root: Path, name: str, version: str) -> dict | None:
@@ -68,7 +59,7 @@ def _dataset_in_place(root: Path, md5: str) -> bool:
     listing = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
     if not listing.exists():
         return False
-    return all((root / "data" / e["relpath"]).is_file() and _md5(root / "data" / e["relpath"]) == e["md5"]
+    return all((root / "data" / e["relpath"]).is_file() and file_md5(root / "data" / e["relpath"]) == e["md5"]
                for e in json.loads(listing.read_text()))
 
 
@@ -96,7 +87,7 @@ def check_inputs(root: Path, name: str) -> list[str]:
         if not entry:
             continue
         path = folder / entry["path"]
-        if path.is_file() and _md5(path) == entry["md5"]:
+        if path.is_file() and file_md5(path) == entry["md5"]:
             checked.append(f"{key} {entry['md5']}")
             continue
         if key == "parent":
@@ -140,7 +131,7 @@ def recompute(source: RegistryWorkspace, version: Version, dest: Path, tolerance
             return Recomputed("refused", refusal.removeprefix("error: ").strip())
         return Recomputed("failed", source._scrub(output)[-600:])
     produced = dest / "models" / name / "model.pt"
-    md5 = _md5(produced)
+    md5 = file_md5(produced)
     if md5 == version.model_md5:
         return Recomputed("identical", f"`dvc repro -f {name}` at {version.tag} re-derived md5 {md5}")
     return _compare_metrics(dest, version, produced, committed_model, tolerance, md5)

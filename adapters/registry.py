@@ -358,7 +358,7 @@ class RegistryWorkspace:
             if d.substitute is not None:
                 with open(inputs_dir / "substitute.npy", "wb") as fh:
                     np.save(fh, np.ascontiguousarray(d.substitute), allow_pickle=False)
-                inputs["substitute"] = {"path": "substitute.npy", "md5": _md5_of(inputs_dir / "substitute.npy"),
+                inputs["substitute"] = {"path": "substitute.npy", "md5": file_md5(inputs_dir / "substitute.npy"),
                                         "rows": int(len(d.substitute))}
             if d.reads_forget_set:
                 inputs["forget_rows"] = {"dataset_md5": data_before_md5, "method": d.method,
@@ -769,7 +769,7 @@ class RegistryWorkspace:
                                 f"{self._scrub(str(exc))[:300]}") from None
             (self.path / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink(missing_ok=True)
             for copy in (self.path / INPUTS).glob("*/parent.pt"):  # the work tree's copy, as the next stage's input
-                if _md5_of(copy) == md5:
+                if file_md5(copy) == md5:
                     copy.unlink()
         return [md5]
 
@@ -855,7 +855,8 @@ class RegistryWorkspace:
         return dest
 
 
-def _md5_of(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """The md5 DVC records for a file (read in 1 MiB blocks)."""
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.receipts import receipt_rel
-from adapters.registry import PushError, RegistryError, RegistryWorkspace, S3Config, semver
+from adapters.registry import PushError, RegistryError, RegistryWorkspace, S3Config, file_md5, semver
 from adapters.signing import PUBLIC_KEY_REL, SignatureError, check_signed, load_public_key
 from unlearn_core.errors import InputError
 
@@ -106,14 +106,6 @@ def clone_registry(url: str, dest: Path, s3: S3Config, registry_params: dict | N
     bucket, prefix = found.groups()  # the clone says where its objects are; the environment gives the keys
     return RegistryWorkspace(dest, dataclasses.replace(s3, bucket=bucket),
                              {**(registry_params or {}), "remote_prefix": prefix})
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Verifier:
@@ -312,7 +304,7 @@ class Verifier:
             self._record("model", SKIPPED, f"md5 {v.model_md5} matches the lineage; bytes erased by retention "
                          f"at {erased['at']} ({erased['summary']})")
             return None
-        actual = _md5_file(path)
+        actual = file_md5(path)
         if actual != v.model_md5:
             raise ClaimFailed("model", f"pulled model bytes have md5 {actual}, lineage says {v.model_md5}")
         self._record("model", OK, f"{v.model_md5} (receipt = lineage = pulled bytes)")
@@ -323,7 +315,7 @@ class Verifier:
         if hashlib.md5(listing.read_bytes()).hexdigest() + ".dir" != dir_md5:
             raise ClaimFailed("data", f"the dataset listing does not hash to {dir_md5}")
         for entry in json.loads(listing.read_text()):
-            actual = _md5_file(data / entry["relpath"])
+            actual = file_md5(data / entry["relpath"])
             if actual != entry["md5"]:
                 raise ClaimFailed("data", f"data/{entry['relpath']} has md5 {actual}, listing says {entry['md5']}")
 
