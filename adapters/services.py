@@ -356,6 +356,9 @@ class TemporaryPrefectApi:
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
+            handlers = sys.modules.get("prefect.logging.handlers")
+            if handlers is not None:  # send the runs' last log lines while the server still takes them
+                handlers.APILogWorker.drain_all(timeout=5)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)

@@ -22,9 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pin_cpu_kernels() -> None:
+    """The CPU kernels the DVC stages pin (docs/dvc.md), for the whole process and the workers it starts.
+
+    torch picks its kernels at the first tensor operation, so a ``reproducible()`` block entered later
+    cannot change them; set here, every model the service makes on CPU is one ``dvc repro`` re-derives
+    byte for byte. An explicit setting in the environment wins.
+    """
+    from unlearn_core.training import PINNED_CPU_KERNELS
+
+    for key, value in PINNED_CPU_KERNELS.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    pin_cpu_kernels()
     args = build_parser().parse_args(argv)
     from unlearn_core.errors import InputError
 

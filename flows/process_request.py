@@ -196,7 +196,7 @@ def _unlearn_and_commit(rt: Runtime, leases: list[Lease], keeper: LeaseKeeper, w
         keeper.check()
         with _timed(durations, "compute_s"):
             model, result = t.run_unlearning(parent_model, name, config, forget_request,
-                                             family.method_kwargs(name, dataset))
+                                             family.method_kwargs(name, dataset), rt.params.reproducibility.cpu_threads)
             report, gates = t.evaluate(family, name, parent_model, parent_report, model, dataset, forget_request)
             if len(members) > 1:  # every member's own forget set must be forgotten, not just the union
                 gates = GateOutcome.of([*gates.checks, *(c for lease, ids, _ in members for c in family.member_checks(

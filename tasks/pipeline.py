@@ -31,6 +31,7 @@ from unlearn_core.gates import GateOutcome, gates_params
 from unlearn_core.methods import ForgetRequest, UnlearnResult, get_method
 from unlearn_core.models import pick_device
 from unlearn_core.requests import DeletionRequest
+from unlearn_core.training import reproducible
 
 GPU_LIMIT = "gpu"
 GPU_LEASE_S = 60  # a killed holder's slot comes back after this long (Prefect renews it while held)
@@ -94,10 +95,15 @@ def ensure_gpu_limit() -> None:
 
 
 @task(name="unlearn", cache_policy=NO_CACHE)
-def run_unlearning(parent, method: str, config: dict, request: ForgetRequest,
-                   method_kwargs: dict) -> tuple[object, UnlearnResult]:
-    """Run one method while holding the ``gpu`` global concurrency slot (strict: the limit must exist)."""
-    with concurrency(GPU_LIMIT, occupy=1, strict=True, lease_duration=GPU_LEASE_S):
+def run_unlearning(parent, method: str, config: dict, request: ForgetRequest, method_kwargs: dict,
+                   cpu_threads: int = 1) -> tuple[object, UnlearnResult]:
+    """Run one method while holding the ``gpu`` global concurrency slot (strict: the limit must exist).
+
+    Under ``training.reproducible(cpu_threads)``, as the registry's DVC stage re-runs it: on CPU the
+    version's bytes are then the ones ``dvc repro`` re-derives (``unlearn verify --recompute``). One
+    request holds the slot at a time, so the process-wide thread count is not contended.
+    """
+    with concurrency(GPU_LIMIT, occupy=1, strict=True, lease_duration=GPU_LEASE_S), reproducible(cpu_threads):
         return get_method(method)(parent, config, pick_device(), **method_kwargs).unlearn(request)
 
 

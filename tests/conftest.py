@@ -11,9 +11,12 @@ import tempfile
 import pytest
 import torch
 
+from unlearn_core.training import PINNED_CPU_KERNELS
+
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="unlearnops-test-prefect-")  # before any Prefect import
+os.environ.update(PINNED_CPU_KERNELS)  # as `unlearn` does (flows/cli.py), before the first tensor operation
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 pytest_plugins: list[str] = ["fixtures_s3", "fixtures_prefect", "fixtures_postgres"]  # tests/ is on sys.path (rootdir conftest)

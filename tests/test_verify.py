@@ -128,7 +128,8 @@ def test_recompute_rederives_the_version_with_dvc_repro(done, capsys):
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("  recompute "))
     assert line.split()[1] == "ok", out
-    assert "re-derived md5" in line
+    # the service ran LRA-NPP as the stage does (pinned kernels, one thread): the very bytes come back
+    assert f"re-derived md5 {version.model_md5}" in line and "!=" not in line
 
 
 def test_rejected_receipt_is_signed_and_claims_no_version(done, capsys):
