@@ -49,7 +49,7 @@ def _inputs(args) -> int:
     from unlearn_core.rederive import ErasedInput
 
     try:
-        print("\n".join(check_inputs(Path.cwd(), args.model)) or "no inputs besides data/")
+        print("\n".join(check_inputs(Path.cwd(), args.model)))
     except ErasedInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ERASED_EXIT
