@@ -29,26 +29,25 @@ from unlearn_core.rederive import DATASET_POINTER, INPUTS, ErasedInput, check_no
 REFUSED = "cannot be re-derived"  # what the stages print when erasure wins
 
 
-def _erasure_record(root: Path, name: str, version: str) -> dict | None:
-    """Retention's record of a model version's erasure, from any commit of the clone (it is committed
-    after the version whose stage we are re-running)."""
-    rel = f"erasures/{name}/v{version.rsplit('.', 1)[-1]}.json"
+def _newest(root: Path, rel: str) -> str | None:
+    """``rel`` as the newest commit of any branch of the clone holds it (later than the checked-out version)."""
     shas = subprocess.run(["git", "log", "--all", "--format=%H", "-n1", "--", rel], cwd=root,
                           capture_output=True, text=True).stdout.split()
     if not shas:
         return None
-    text = subprocess.run(["git", "show", f"{shas[0]}:{rel}"], cwd=root, capture_output=True, text=True).stdout
+    return subprocess.run(["git", "show", f"{shas[0]}:{rel}"], cwd=root, capture_output=True, text=True).stdout or None
+
+
+def _erasure_record(root: Path, name: str, version: str) -> dict | None:
+    """Retention's record of a model version's erasure (committed after the version being re-run)."""
+    text = _newest(root, f"erasures/{name}/v{version.rsplit('.', 1)[-1]}.json")
     return json.loads(text) if text else None
 
 
 def _latest_dataset_md5(root: Path) -> str | None:
-    """The md5 of the newest dataset version any branch of the clone records."""
-    shas = subprocess.run(["git", "log", "--all", "--format=%H", "-n1", "--", "data.dvc"], cwd=root,
-                          capture_output=True, text=True).stdout.split()
-    if not shas:
-        return None
-    text = subprocess.run(["git", "show", f"{shas[0]}:data.dvc"], cwd=root, capture_output=True, text=True).stdout
-    return yaml.safe_load(text)["outs"][0]["md5"]
+    """The md5 of the newest dataset version the clone records."""
+    text = _newest(root, "data.dvc")
+    return yaml.safe_load(text)["outs"][0]["md5"] if text else None
 
 
 def _dataset_in_place(root: Path, md5: str) -> bool:

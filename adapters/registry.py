@@ -378,10 +378,6 @@ class RegistryWorkspace:
                         "deps": [f"{INPUTS}/{name}", f"{spec}/request.json"],
                         "params": [{f"{spec}/params.json": None}], "outs": [self._model_rel(name)]}
         dvc_yaml.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-        old = self.path / (self._model_rel(name) + ".dvc")  # registries made before models were stage outputs
-        if old.exists():
-            self._git("rm", "-q", "--cached", str(old.relative_to(self.path)))
-            old.unlink()
         return [f"{name}-inputs", name]
 
     def _spec_json(self, path: Path, value: dict) -> None:

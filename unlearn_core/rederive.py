@@ -4,9 +4,9 @@ The registry writes, at each version's commit, a DVC stage per model (adapters/r
 ``derivations/<name>/params.json`` (method, its settings, family, architecture), ``request.json``
 (kind and forget spec, ids only), ``inputs.json`` (each input's md5 and origin) and, under
 ``inputs/<name>/``, the dataset version's md5, the parent's bytes and any substitute images.
-``data/`` is that dataset version: the one after the deletion. A version made by a method that read the deleted rows cannot be re-run: those
-rows were only in the dataset version before the deletion, erased once the deletion was done.
-Erasure wins, and :class:`ErasedInput` says so.
+``data/`` is that dataset version: the one after the deletion. A version made by a method that read
+the deleted rows cannot be re-run: those rows were only in the dataset version before the deletion,
+erased once the deletion was done. Erasure wins, and :class:`ErasedInput` says so.
 """
 from __future__ import annotations
 
