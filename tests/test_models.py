@@ -9,7 +9,8 @@ from unlearn_core.methods import ForgetRequest, get_method
 from unlearn_core.models import build_model, load_model, save_model
 
 
-@pytest.mark.parametrize("name, channels, size", [("mnist_cnn", 1, 28), ("resnet18", 3, 32), ("resnet18", 1, 32)])
+@pytest.mark.parametrize("name, channels, size", [("mnist_cnn", 1, 28), ("cifar_cnn", 3, 32),
+                                                    ("resnet18", 3, 32), ("resnet18", 1, 32)])
 def test_features_feed_the_head(name, channels, size):
     model = build_model(name, num_classes=10, in_channels=channels).eval()
     x = torch.rand(2, channels, size, size)

@@ -28,7 +28,7 @@ class PrepareParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["mnist_cnn", "resnet18"] = "mnist_cnn"
+    model: Literal["mnist_cnn", "cifar_cnn", "resnet18"] = "mnist_cnn"
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -13,7 +13,7 @@ import torchvision
 
 from .errors import InputError
 
-MODELS = ("mnist_cnn", "resnet18")
+MODELS = ("mnist_cnn", "cifar_cnn", "resnet18")
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -35,6 +35,27 @@ class MnistCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CifarCNN(nn.Module):
+    """A CIFAR-10 CNN sized for CPU training (about 0.62M weights; ResNet-18 is the GPU choice):
+    three conv 3x3 + max-pool blocks (32, 64, 128 channels), fc 2048->256, fc 256->10."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
+        self.fc1 = nn.Linear(128 * 4 * 4, 256)
+        self.head = nn.Linear(256, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
         return F.relu(self.fc1(torch.flatten(x, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +84,8 @@ class ResNet18Small(nn.Module):
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     if name == "mnist_cnn":
         return MnistCNN(num_classes, in_channels)
+    if name == "cifar_cnn":
+        return CifarCNN(num_classes, in_channels)
     if name == "resnet18":
         return ResNet18Small(num_classes, in_channels)
     raise InputError("model", f"unknown model {name!r}; known: {', '.join(MODELS)}")

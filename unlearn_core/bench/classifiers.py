@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +39,20 @@ PUBLISHED_CLASS = [{"method": "published: lra_npp (authors, MNIST-60k)", "n_seed
                     "Fr": 0.985, "time_s": 0.87, "speedup_vs_retrain": 28.7 / 0.87}]
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What differs between the benchmark's datasets: the title, the class methods run, the published
+    rows shown beside ours, the targets checked and the report's file name."""
+    dataset: str = "MNIST-5k"
+    class_methods: tuple[str, ...] = CLASS_METHODS
+    published_class: list[dict] = field(default_factory=lambda: PUBLISHED_CLASS)
+    targets: Callable[[list[dict]], list[tuple[str, bool, float]]] | None = None  # default: issue 4's
+    name: str = "classifiers"
+    train_overrides: dict = field(default_factory=dict)  # e.g. {"model": "cifar_cnn", "epochs": 6}
+    at_ag_split: str = "test"  # the split of At / Ag as the LRA-NPP authors report them: test (MNIST), train (CIFAR)
+    shown: tuple[str, ...] = SHOWN  # the table's metric columns
+
+
 def scenarios(classes: list[int], fractions: list[float]) -> list[tuple[str, str, float | int]]:
     """Class and sample scenarios interleaved, in the order given."""
     by_class = [("class", f"class-{c}", c) for c in classes]
@@ -45,9 +61,9 @@ def scenarios(classes: list[int], fractions: list[float]) -> list[tuple[str, str
 
 
 def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float], seeds: int,
-        out_dir: str | Path, quick: bool = False, progress=None) -> dict:
+        out_dir: str | Path, quick: bool = False, progress=None, profile: Profile = Profile()) -> dict:
     device = pick_device()
-    train_p = params.train.model_copy(update={"epochs": 1} if quick else {})
+    train_p = params.train.model_copy(update={**profile.train_overrides, **({"epochs": 1} if quick else {})})
     rows: list[dict] = []
     bases = []
     for seed in range(seeds):
@@ -61,7 +77,7 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
                 forget_mask = (ds.train.y == target).numpy()
                 request = ForgetRequest("class", ds.train, forget_mask, ds.num_classes, train_p.model,
                                         forget_class=target, substitute=ds.test.x[ds.test.y == target], seed=seed)
-                methods = CLASS_METHODS
+                methods = profile.class_methods
             else:
                 rng = np.random.default_rng(1000 + seed)
                 forget_mask = np.zeros(len(ds.train), dtype=bool)
@@ -72,7 +88,8 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
 
             def row(method: str, model, time_s: float, mem: int) -> dict:
                 report = classifier_report(model, ds.train, ds.test, forget_mask, forget_class,
-                                           original=base if kind == "class" else None, seed=seed)
+                                           original=base if kind == "class" else None, seed=seed,
+                                           at_ag_split=profile.at_ag_split)
                 report.pop("Fs", None)
                 return {"scenario": name, "kind": kind, "method": method, "seed": seed, "n_forget": int(forget_mask.sum()),
                         "forget_acc": 1.0 - report["UA"], **report, "time_s": time_s, "peak_mem_mb": mem / 2**20}
@@ -92,20 +109,22 @@ def run(ds: Dataset, params: Params, classes: list[int], fractions: list[float],
                 if kind != "class":
                     r.update(dict.fromkeys(CLASS_ONLY))
             rows.extend(group)
-            result = _write(rows, out_dir, classes, fractions, seeds, quick, str(device), train_p, params)
+            result = _write(rows, out_dir, classes, fractions, seeds, quick, str(device), train_p, params, profile)
     return result
 
 
-def _write(rows, out_dir, classes, fractions, seeds, quick, device, train_p, params) -> dict:
+def _write(rows, out_dir, classes, fractions, seeds, quick, device, train_p, params, profile: Profile) -> dict:
     """(Re)write the report from the rows so far: a long run that is stopped keeps its finished scenarios."""
     summary = summarize(rows, ("scenario", "kind", "method"), METRICS)
-    md = _markdown(summary, classes, fractions, seeds, device, train_p.model)
+    targets = (profile.targets or _targets)(summary)
+    md = _markdown(summary, classes, fractions, seeds, device, train_p, profile, targets)
     meta = {"classes": classes, "fractions": fractions, "seeds": seeds, "quick": quick,
             "seeds_done": sorted({r["seed"] for r in rows}), "train": train_p.model_dump(),
-            "methods": {m: method_config(params, m) for m in sorted(set(CLASS_METHODS) | set(SAMPLE_METHODS))}}
-    paths = write_report(out_dir, "classifiers", rows, md, meta)
-    paths["plot"] = _plot(summary, Path(out_dir) / "classifiers.png")
-    return {"paths": paths, "summary": summary, "targets": _targets(summary)}
+            "methods": {m: method_config(params, m)
+                        for m in sorted(set(profile.class_methods) | set(SAMPLE_METHODS))}}
+    paths = write_report(out_dir, profile.name, rows, md, meta)
+    paths["plot"] = _plot(summary, Path(out_dir) / f"{profile.name}.png")
+    return {"paths": paths, "summary": summary, "targets": targets}
 
 
 def _cmp(ours: float, theirs: float, lower_better: bool, tol: float) -> str:
@@ -141,12 +160,18 @@ def _versus(scenario_rows: list[dict], kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_of(summary: list[dict], method: str, key: str, kind: str | None = None,
+            scenario: str | None = None) -> float:
+    """A method's mean of ``key`` over the summary's scenarios (of one kind / one scenario); nan if none."""
+    vals = [s[key] for s in summary if s["method"] == method and (kind is None or s["kind"] == kind)
+            and (scenario is None or s["scenario"] == scenario)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def _targets(summary: list[dict]) -> list[tuple[str, bool, float]]:
     """Issue 4 targets, checked on the means over seeds (and classes)."""
     def mean(method: str, key: str, kind: str | None = None, scenario: str | None = None) -> float:
-        vals = [s[key] for s in summary if s["method"] == method and (kind is None or s["kind"] == kind)
-                and (scenario is None or s["scenario"] == scenario)]
-        return float(np.mean(vals)) if vals else float("nan")
+        return mean_of(summary, method, key, kind, scenario)
 
     checks = []
     if any(s["kind"] == "class" for s in summary):
@@ -174,13 +199,15 @@ def _targets(summary: list[dict]) -> list[tuple[str, bool, float]]:
     return checks
 
 
-def _markdown(summary: list[dict], classes, fractions, seeds, device, arch) -> str:
-    out = [f"# Classifier unlearning benchmark (MNIST-5k, {arch})", "",
+def _markdown(summary: list[dict], classes, fractions, seeds, device, train_p, profile: Profile,
+              targets: list[tuple[str, bool, float]]) -> str:
+    out = [f"# Classifier unlearning benchmark ({profile.dataset}, {train_p.model}, {train_p.epochs} epochs)", "",
            f"Forget classes {classes}; random forget fractions {fractions}; seeds {seeds}; device {device}. "
            "Mean ± std over seeds. Accuracies are fractions; Avg. Gap = mean |method - retrain| over "
            "UA, MIA-Efficacy, RA, TA (fraction; x100 = points). `original` = the base model, no unlearning. "
-           "Class scenarios, as in METHODS.md: At / Ag = test accuracy on class c / on the other classes (the "
-           "LRA-NPP authors' MNIST convention); Fr = share of class-c training samples a linear-SVM attack "
+           f"Class scenarios, as in METHODS.md: At / Ag = {profile.at_ag_split}-split accuracy on class c / on "
+           "the other classes (the LRA-NPP authors' convention for this dataset; TA_forget / TA_retained are the "
+           "same on the test split); Fr = share of class-c training samples a linear-SVM attack "
            "(members: class-c train, non-members: other-class train, original model's softmax) calls non-member "
            "(higher is better); Fr_member = the same attack with class-c test samples as non-members (reported, "
            "never gated). A `published` row is the authors' figure on their hardware, beside ours.",
@@ -188,12 +215,12 @@ def _markdown(summary: list[dict], classes, fractions, seeds, device, arch) -> s
     for scen in dict.fromkeys(s["scenario"] for s in summary):
         rows = [s for s in summary if s["scenario"] == scen]
         kind = rows[0]["kind"]
-        cols = ("method", "n_seeds") + tuple(c for c in SHOWN if kind == "class" or c not in CLASS_ONLY)
-        shown = rows + PUBLISHED_CLASS if kind == "class" else rows
+        cols = ("method", "n_seeds") + tuple(c for c in profile.shown if kind == "class" or c not in CLASS_ONLY)
+        shown = rows + profile.published_class if kind == "class" else rows
         out += [f"## {scen}", "", markdown_table(shown, cols, with_std=("forget_acc", "TA", "avg_gap", "time_s")),
                 "", f"Seed method vs baselines ({scen}):", "", _versus(rows, kind)]
-    out += ["## Targets (issue 4)", ""]
-    out += [f"- {'PASS' if ok else 'MISS'}: {name} (measured {value:.4g})" for name, ok, value in _targets(summary)]
+    out += ["## Targets", ""]
+    out += [f"- {'PASS' if ok else 'MISS'}: {name} (measured {value:.4g})" for name, ok, value in targets]
     return "\n".join(out) + "\n"
 
 
