@@ -49,7 +49,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, mnist_dir, rgb_d
 
 def test_quick_run_reports_every_method_beside_the_papers(tmp_path, rgb_dir, torch_one_thread):
     out = tmp_path / "bench"
-    assert main(["bench", "cifar10", "--data", str(rgb_dir), "--classes", "3,5", "--quick",
+    assert main(["bench", "cifar10", "--data", str(rgb_dir), "--classes", "3,5", "--quick", "--model", "cifar_cnn",
                  "--out", str(out)]) == 0
     rows = json.loads((out / "cifar10.json").read_text())
     assert {r["scenario"] for r in rows} == {"class-3"}  # --quick: the first class only
@@ -71,4 +71,5 @@ def test_quick_run_reports_every_method_beside_the_papers(tmp_path, rgb_dir, tor
     assert any("concept_poison: retained-class test accuracy TA_retained within 1 point" in t for t in targets)
     meta = json.loads((out / "cifar10.meta.json").read_text())
     assert meta["train"]["model"] == "cifar_cnn" and meta["train"]["epochs"] == 1
+    assert "\n\nHardware: " in md and " torch threads; Python " in md
     assert (out / "cifar10.png").stat().st_size > 0

@@ -24,7 +24,7 @@ from ..methods import ForgetRequest, get_method
 from ..metrics import avg_gap, classifier_report
 from ..models import build_model, pick_device
 from ..training import train_classifier
-from .report import environment, markdown_table, summarize, write_report
+from .report import markdown_table, summarize, write_report
 
 CLASS_METHODS = ("concept_poison", "lra_npp", "random_labels", "salun", "finetune", "neggrad", "ssd")
 SAMPLE_METHODS = ("salun", "random_labels", "finetune", "neggrad", "ssd")
@@ -34,7 +34,7 @@ METRICS = ("forget_acc", "UA", "RA", "TA", "TA_retained", "TA_forget", "At", "Ag
 SHOWN = ("forget_acc", "RA", "TA", "At", "Ag", "MIA_efficacy", "Fr", "Fr_member", "avg_gap", "time_s",
          "speedup_vs_retrain")
 CLASS_ONLY = ("At", "Ag", "Fr", "Fr_member")
-# Published figures on MNIST beside ours (METHODS.md): the LRA-NPP authors' 5-seed run.
+# Published figures on MNIST beside ours: the LRA-NPP authors' 5-seed run.
 PUBLISHED_CLASS = [{"method": "published: lra_npp (authors, MNIST-60k)", "n_seeds": 5, "At": 0.016, "Ag": 0.984,
                     "Fr": 0.985, "time_s": 0.87, "speedup_vs_retrain": 28.7 / 0.87}]
 
@@ -205,13 +205,13 @@ def _markdown(summary: list[dict], classes, fractions, seeds, device, train_p, p
            f"Forget classes {classes}; random forget fractions {fractions}; seeds {seeds}; device {device}. "
            "Mean ± std over seeds. Accuracies are fractions; Avg. Gap = mean |method - retrain| over "
            "UA, MIA-Efficacy, RA, TA (fraction; x100 = points). `original` = the base model, no unlearning. "
-           f"Class scenarios, as in METHODS.md: At / Ag = {profile.at_ag_split}-split accuracy on class c / on "
+           f"Class scenarios, as in docs/methods.md: At / Ag = {profile.at_ag_split}-split accuracy on class c / on "
            "the other classes (the LRA-NPP authors' convention for this dataset; TA_forget / TA_retained are the "
            "same on the test split); Fr = share of class-c training samples a linear-SVM attack "
            "(members: class-c train, non-members: other-class train, original model's softmax) calls non-member "
            "(higher is better); Fr_member = the same attack with class-c test samples as non-members (reported, "
            "never gated). A `published` row is the authors' figure on their hardware, beside ours.",
-           f"Hardware: {environment()}.", ""]
+           ""]
     for scen in dict.fromkeys(s["scenario"] for s in summary):
         rows = [s for s in summary if s["scenario"] == scen]
         kind = rows[0]["kind"]

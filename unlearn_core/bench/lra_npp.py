@@ -19,13 +19,13 @@ from ..methods import ForgetRequest, get_method
 from ..metrics import classifier_report, measure
 from ..models import build_model, pick_device
 from ..training import train_classifier
-from .report import environment, markdown_table, summarize, write_report
+from .report import markdown_table, summarize, write_report
 
 METRICS = ("forget_train_acc", "UA", "RA", "TA", "TA_retained", "TA_forget", "At", "Ag", "MIA_efficacy", "Fr",
            "Fr_member", "Fs", "time_s", "peak_mem_mb", "speedup_vs_retrain")
 SHOWN = ("forget_train_acc", "At", "Ag", "RA", "MIA_efficacy", "Fr", "Fr_member", "Fs", "time_s", "peak_mem_mb",
          "speedup_vs_retrain")
-# The authors' published MNIST run (5 seeds, their code's summary; METHODS.md section A).
+# The LRA-NPP authors' published MNIST run (5 seeds, their code's summary).
 PUBLISHED_MNIST = {"method": "published (LRA-NPP authors, MNIST-60k)", "variant": "zero", "n_seeds": 5,
                    "At": 0.016, "Ag": 0.984, "Fr": 0.985, "time_s": 0.87, "speedup_vs_retrain": 28.7 / 0.87}
 VARIANTS = tuple(itertools.product(("zero", "gaussian", "laplace"), ("class_row", "all_classes", "with_incoming"))) + (
@@ -73,8 +73,8 @@ def run(ds: Dataset, params: Params, classes: list[int], seeds: int, out_dir: st
     columns = ("method", "variant", "n_seeds") + SHOWN
     best = _best_variant(summary)
     md = ["# LRA-NPP benchmark (MNIST-5k, " + train_p.model + ")", "",
-          f"Classes {classes}, seeds {seeds}; hardware: {environment()}; mean ± std over seeds x classes.",
-          "Metrics as defined in METHODS.md: At / Ag = test accuracy on class c / on the other classes "
+          f"Classes {classes}, seeds {seeds}; mean ± std over seeds x classes.",
+          "Metrics as defined in docs/methods.md: At / Ag = test accuracy on class c / on the other classes "
           "(the authors' MNIST convention); Fr = share of class-c training samples a linear-SVM attack "
           "(members: class-c train, non-members: other-class train, on the original model's softmax) calls "
           "non-member (higher is better); Fr_member = the same attack with class-c test samples as "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from collections import defaultdict
 from pathlib import Path
@@ -11,10 +12,23 @@ import numpy as np
 import torch
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "cpu_threads": torch.get_num_threads()}
+            "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "cpu_threads": torch.get_num_threads()}
+
+
+def hardware_line(env: dict) -> str:
+    return (f"Hardware: {env['device']}; CPU {env['cpu']}, {env['cpu_cores']} cores, {env['cpu_threads']} torch "
+            f"threads; Python {env['python']}, torch {env['torch']}.")
 
 
 def _fmt(value) -> str:
@@ -56,11 +70,15 @@ def markdown_table(summary: list[dict], columns: tuple[str, ...], with_std: tupl
 
 def write_report(out_dir: str | Path, name: str, rows: list[dict], markdown: str, meta: dict) -> dict:
     """Write ``NAME.json`` (the list of rows), ``NAME.meta.json`` (settings + environment) and
-    ``NAME.md``; returns the paths written."""
+    ``NAME.md`` with the hardware line under its title; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "meta": out / f"{name}.meta.json", "markdown": out / f"{name}.md"}
     paths["json"].write_text(json.dumps(rows, indent=2) + "\n")
-    paths["meta"].write_text(json.dumps({**meta, "environment": environment()}, indent=2) + "\n")
-    paths["markdown"].write_text(markdown)
+    env = environment()
+    paths["meta"].write_text(json.dumps({**meta, "environment": env}, indent=2) + "\n")
+    title, _, body = markdown.partition("\n")
+    if not title.startswith("#"):
+        title, body = "", "\n" + markdown
+    paths["markdown"].write_text(f"{title}\n\n{hardware_line(env)}\n{body}".lstrip("\n"))
     return {k: str(v) for k, v in paths.items()}

@@ -20,7 +20,7 @@ from ..methods import ForgetRequest, get_method
 from ..metrics import classifier_report, measure
 from ..models import build_model, pick_device
 from ..training import train_classifier
-from .report import environment, markdown_table, write_report
+from .report import markdown_table, write_report
 
 METHODS = ("lra_npp", "concept_poison", "salun")
 SHOWN = ("n_train", "method", "forget_train_acc", "TA_forget", "TA_retained", "RA", "time_s", "peak_mem_mb",
@@ -80,7 +80,7 @@ def run(ds: Dataset, params: Params, sizes: list[int], forget_class: int, out_di
 def _write(rows, out_dir, forget_class, seed, train_p, methods, params, device) -> dict:
     md = ["# Scaling benchmark: unlearning cost vs training-set size", "",
           f"Forget class {forget_class}, seed {seed}, model `{train_p.model}` ({train_p.epochs} epochs), device "
-          f"{device}; hardware: {environment()}. Nested random subsets of the train split; the same test split "
+          f"{device}. Nested random subsets of the train split; the same test split "
           "for every size. `original` time = training the base model; speedup = retrain time / method time, "
           "same run. forget_train_acc = accuracy on the forgotten class's training samples; TA_forget / "
           "TA_retained = test accuracy on the forgotten / the other classes.", "",
