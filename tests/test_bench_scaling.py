@@ -32,6 +32,7 @@ def test_small_curve_on_real_digits(tmp_path, mnist_dir, torch_one_thread):
     for n in (500, 1500):
         retrain, lra, original = by[(n, "retrain")], by[(n, "lra_npp")], by[(n, "original")]
         assert lra["speedup_vs_retrain"] == retrain["time_s"] / lra["time_s"]
+        assert (lra["timed_runs"], retrain["timed_runs"]) == (7, 1)  # a sub-second method: median of 7 runs
         assert retrain["forget_train_acc"] < 0.05  # never saw the class
         assert lra["path_size"] >= 80 and retrain["path_size"] is None  # params.yaml's starting path size
         assert lra["forget_train_acc"] < original["forget_train_acc"]  # it forgot, unlike the untouched model

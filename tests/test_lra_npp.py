@@ -55,7 +55,7 @@ def test_adaptive_path_grows_until_the_class_is_forgotten(mnist, trained_cnn):
     assert fixed_result.details["path_size"] == 10
     assert acc(fixed, forget_train) > 0.02
     assert 10 < result.details["path_size"] <= 256  # max_path_share 0.5 of the head's 512 inputs
-    assert result.details["substitute_recognised_after"] <= 0.05  # recognised_max
+    assert result.details["substitute_recognised_after"] <= 0.02  # recognised_max
     assert acc(adaptive, forget_train) <= 0.02
     assert fixed_result.details["path"] == result.details["path"][:10]  # the path grows, it is not re-chosen
     # doubling then bisection: the last size tried that passed is the one used, and it is the smallest

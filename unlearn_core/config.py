@@ -45,7 +45,7 @@ class LraNppParams(_Section):
     path_step: int = Field(8, ge=1)            # the size is searched to this many neurons
     n_check: int = Field(64, ge=1)             # held-out substitutes the recognition check scores
     recognised_prob: float = Field(0.1, gt=0, le=1)  # a check image is recognised if P(c) >= this
-    recognised_max: float = Field(0.05, ge=0, le=1)  # stop growing once <= this share of them is recognised
+    recognised_max: float = Field(0.02, ge=0, le=1)  # stop growing once <= this share of them is recognised
     epsilon: float = Field(0.1, gt=0)
     perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
     # auto: class_row, escalated to all_classes when class_row cannot pass the recognition check

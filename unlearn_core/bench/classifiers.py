@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +43,8 @@ PUBLISHED_CLASS = [{"method": "published: lra_npp (authors, MNIST-60k)", "n_seed
 @dataclass(frozen=True)
 class Profile:
     """What differs between the benchmark's datasets: the title, the class methods run, the published
-    rows shown beside ours, the targets checked and the report's file name."""
+    rows shown beside ours, the targets checked, the report's file name, the training settings, the
+    split At / Ag are measured on and the table's columns."""
     dataset: str = "MNIST-5k"
     class_methods: tuple[str, ...] = CLASS_METHODS
     published_class: list[dict] = field(default_factory=lambda: PUBLISHED_CLASS)
@@ -170,9 +172,7 @@ def mean_of(summary: list[dict], method: str, key: str, kind: str | None = None,
 
 def _targets(summary: list[dict]) -> list[tuple[str, bool, float]]:
     """Issue 4 targets, checked on the means over seeds (and classes)."""
-    def mean(method: str, key: str, kind: str | None = None, scenario: str | None = None) -> float:
-        return mean_of(summary, method, key, kind, scenario)
-
+    mean = partial(mean_of, summary)
     checks = []
     if any(s["kind"] == "class" for s in summary):
         fa = mean("concept_poison", "forget_acc", "class")

@@ -1,7 +1,8 @@
-"""``unlearn bench cifar10``: bad input refused up front; a small real run yields every row and target.
+"""``unlearn bench classifiers`` and ``unlearn bench cifar10``: bad input refused up front; small real runs
+yield every row and target.
 
-The run uses real MNIST digits padded to 32x32 and coloured per class (CIFAR-10's shape, 3x32x32), so it
-takes seconds; the full benchmark runs on the imported CIFAR-10 (`unlearn data import cifar10`).
+The CIFAR-10 runs use real MNIST digits padded to 32x32 and coloured per class (CIFAR-10's shape, 3x32x32),
+so they take seconds; the full benchmark runs on the imported CIFAR-10 (`unlearn data import cifar10`).
 """
 from __future__ import annotations
 
@@ -73,3 +74,25 @@ def test_quick_run_reports_every_method_beside_the_papers(tmp_path, rgb_dir, tor
     assert meta["train"]["model"] == "cifar_cnn" and meta["train"]["epochs"] == 1
     assert "\n\nHardware: " in md and " torch threads; Python " in md
     assert (out / "cifar10.png").stat().st_size > 0
+
+
+def test_classifiers_quick_run_on_digits_class_and_samples(tmp_path, mnist_dir, torch_one_thread):
+    from unlearn_core.bench.classifiers import CLASS_METHODS, SAMPLE_METHODS
+
+    out = tmp_path / "bench"
+    assert main(["bench", "classifiers", "--data", str(mnist_dir), "--classes", "3", "--fractions", "0.05",
+                 "--quick", "--out", str(out)]) == 0
+    rows = json.loads((out / "classifiers.json").read_text())
+    methods = {s: {r["method"] for r in rows if r["scenario"] == s} for s in ("class-3", "samples-5%")}
+    assert methods["class-3"] == {"retrain", "original", *CLASS_METHODS}
+    assert methods["samples-5%"] == {"retrain", "original", *SAMPLE_METHODS}
+    for r in rows:
+        if r["kind"] == "class":  # At / Ag on the test split, as the LRA-NPP authors report MNIST
+            assert (r["At"], r["Ag"]) == (r["TA_forget"], r["TA_retained"])
+        else:
+            assert r["At"] is None and r["n_forget"] == 200  # 5% of the 4,000 training digits
+    md = (out / "classifiers.md").read_text()
+    assert "# Classifier unlearning benchmark (MNIST-5k, mnist_cnn, 1 epochs)" in md
+    assert "published: lra_npp (authors, MNIST-60k)" in md
+    assert any(line.startswith(("- PASS: concept_poison", "- MISS: concept_poison")) for line in md.splitlines())
+    assert (out / "classifiers.png").stat().st_size > 0
