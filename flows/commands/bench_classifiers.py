@@ -31,7 +31,7 @@ def register_bench(kinds: argparse._SubParsersAction) -> None:
                    help="CIFAR-10 dataset directory from `unlearn data import cifar10 ARCHIVE --out DIR`")
     c.add_argument("--classes", type=int_list, default=[4], help="forget classes (default 4, deer, as in the "
                                                                  "concept paper)")
-    c.add_argument("--seeds", type=int, default=1)
+    c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--epochs", type=int, default=6, help="training epochs of the base model and of retraining")
     c.add_argument("--model", choices=("cifar_cnn", "resnet18"), default=None,
                    help="default: resnet18 where a GPU is present, cifar_cnn otherwise")
