@@ -54,7 +54,7 @@ def check_not_erased(root: Path, name: str) -> None:
 def rederive(root: Path, name: str, cpu_threads: int = 1) -> dict:
     """Run the recorded method on the recorded inputs and write ``models/<name>/model.pt``.
 
-    Runs under :func:`training.reproducible`, so on an AVX2 CPU the bytes repeat run to run; they equal
+    Runs under :func:`training.reproducible`, so the bytes repeat run to run on one CPU model; they equal
     the committed version's when the service ran the method the same way (otherwise compare metrics).
     """
     from .families import FAMILIES

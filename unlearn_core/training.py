@@ -15,7 +15,8 @@ from .data import Split
 
 
 # CPU kernels differ per instruction set (AVX-512 and AVX2 round differently), so the DVC stages
-# pin ATen, oneDNN and MKL to their AVX2 code paths: the same bytes on every x86-64 CPU with AVX2.
+# pin ATen, oneDNN and MKL to their AVX2 code paths: the same bytes run to run, and across machines
+# of one CPU model (other models still round differently, docs/dvc.md).
 PINNED_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
