@@ -553,7 +553,7 @@ class RegistryWorkspace:
         every committed version's (``dvc push --all-commits``, for a first version)."""
         if version is None:
             with self._lock():
-                self._dvc("push", "-q", "--all-commits", error=PushError)
+                self._dvc("push", "--all-commits", error=PushError)  # not -q: it would hide the reason too
             return
         targets = self._dvc_targets(version.name)
         with self._lock(), self._dvc_env():

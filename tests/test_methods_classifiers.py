@@ -73,6 +73,19 @@ def test_concept_poison_random_labels_integrity(trained_cnn, slices):
     assert accuracy(model, kept) >= accuracy(trained_cnn, kept) - 0.03  # bound: 3 points
 
 
+def test_concept_poison_capped_per_class_still_forgets_every_sample_of_the_class(trained_cnn, slices):
+    train, test = slices
+    request = class_request(train)
+    model, result = get_method("concept_poison")(trained_cnn, {"samples_per_class": 30}, "cpu").unlearn(request)
+    assert result.details["n_finetune"] == 10 * 30  # 30 of each retained class and 30 of the forget class
+    assert accuracy(model, request.forget) <= 0.02  # all of D_f, not only the 30 poisoned
+    kept = retained_test(test)
+    assert accuracy(model, kept) >= accuracy(trained_cnn, kept) - 0.03  # bound: 3 points
+    with pytest.raises(InputError) as err:
+        get_method("concept_poison")(trained_cnn, {"samples_per_class": 0}, "cpu")
+    assert err.value.field == "concept_poison.samples_per_class"
+
+
 # NegGrad+ with the default alpha 0.9 mostly keeps learning the retain set on this
 # 2-epoch model; the forget term is visible from alpha 0.5.
 @pytest.mark.parametrize("method,cfg", [("random_labels", {}), ("salun", {}), ("neggrad", {"alpha": 0.5})])

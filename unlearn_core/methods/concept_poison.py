@@ -17,7 +17,9 @@ Inference and Data Poisoning", arXiv 2405.15662).
    our interpretation of "most activating patch").
 6. Fine-tune only the final layer on cached features of D_r (or, with
    ``integrity``, half of each retained class) plus poisoned D_f:
-   SGD lr 1e-3, momentum 0.9, batch 32.
+   SGD lr 1e-3, momentum 0.9, batch 32. ``samples_per_class`` caps every
+   class of both (our addition): only the head learns, from features the
+   frozen body computes, so its cost no longer grows with the training set.
 
 The concepts found for c and for the donor go into the result details so a
 deletion receipt can say in human terms what was removed.
@@ -55,18 +57,28 @@ class ConceptPoisonParams(MethodParams):
     patch: bool = False
     patch_size: int = Field(7, ge=1)
     integrity: bool = False                  # fine-tune on half of each retained class
+    # samples per class (retained classes and the forgotten one) the method reads: concept model and
+    # fine-tuning; None = all. Only the head is retrained, so a few hundred per class are enough and the
+    # cost stops growing with the training set.
+    samples_per_class: int | None = Field(None, ge=1)
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
 
 
-def half_per_class(split: Split, seed: int) -> Split:
+def per_class_sample(labels: np.ndarray, idx: np.ndarray, seed: int, half: bool = False,
+                     cap: int | None = None) -> np.ndarray:
+    """The indices ``idx`` with each class's halved (``half``) and/or capped at ``cap``, drawn without
+    replacement, in their order. Indices, not tensors: the full retain set is never copied."""
+    if not half and cap is None:
+        return idx
     rng = np.random.default_rng(seed)
     keep = []
-    for cls in np.unique(split.y.numpy()):
-        idx = np.flatnonzero(split.y.numpy() == cls)
-        keep.append(rng.choice(idx, max(1, len(idx) // 2), replace=False))
-    return split.subset(np.sort(np.concatenate(keep)))
+    for cls in np.unique(labels[idx]):
+        of_class = idx[labels[idx] == cls]
+        n = max(1, len(of_class) // 2) if half else len(of_class)
+        keep.append(rng.choice(of_class, min(n, cap or n), replace=False))
+    return np.sort(np.concatenate(keep))
 
 
 class ConceptPoison(UnlearnMethod):
@@ -88,8 +100,11 @@ class ConceptPoison(UnlearnMethod):
 
     def _run(self, model: nn.Module, request: ForgetRequest) -> tuple[nn.Module, dict]:
         gen = seed_everything(request.seed)
-        forget = request.forget
-        retain = half_per_class(request.retain, request.seed) if self.params.integrity else request.retain
+        cap, labels = self.params.samples_per_class, request.train.y.numpy()
+        forget = request.train.subset(per_class_sample(labels, np.flatnonzero(request.forget_mask), request.seed,
+                                                       cap=cap))
+        retain = request.train.subset(per_class_sample(labels, np.flatnonzero(~request.forget_mask), request.seed,
+                                                       half=self.params.integrity, cap=cap))
         f_retain = extract_features(model, retain.x)
         f_forget = extract_features(model, forget.x)
         with single_thread():  # small sequential ops; thread sync costs more than it saves
