@@ -77,6 +77,19 @@ def test_scope_auto_escalates_to_all_classes_only_when_class_row_cannot_pass(mni
     assert torch.count_nonzero(capped.head.weight[:, capped_result.details["path"]]) == 0
 
 
+def test_scope_auto_keeps_class_row_when_it_misses_only_within_escalate_above(mnist, trained_cnn):
+    """recognised_max 0 cannot be met; whether that escalates depends on how far class_row misses it."""
+    strict = {"recognised_max": 0.0, "recognised_prob": 1e-6}  # every check image is still "recognised"
+    _, kept = get_method("lra_npp")(trained_cnn, {**strict, "escalate_above": 1.0}, device="cpu").unlearn(
+        class_request(mnist))
+    assert kept.details["scopes_tried"] == ["class_row"] and kept.details["scope_used"] == "class_row"
+    assert kept.details["path_size"] == 80  # the smallest path within escalate_above 1.0: the first size tried
+    _, escalated = get_method("lra_npp")(trained_cnn, {**strict, "escalate_above": 0.0}, device="cpu").unlearn(
+        class_request(mnist))
+    assert escalated.details["scopes_tried"] == ["class_row", "all_classes"]
+    assert escalated.details["scope_used"] == "all_classes"
+
+
 def test_check_set_is_a_fixed_number_of_held_out_substitutes(mnist, trained_cnn):
     """The recognition check scores n_check substitutes after the analysed ones, however many
     the request brings, so the method's cost does not grow with the data."""

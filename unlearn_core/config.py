@@ -46,6 +46,9 @@ class LraNppParams(_Section):
     n_check: int = Field(64, ge=1)             # held-out substitutes the recognition check scores
     recognised_prob: float = Field(0.1, gt=0, le=1)  # a check image is recognised if P(c) >= this
     recognised_max: float = Field(0.02, ge=0, le=1)  # stop growing once <= this share of them is recognised
+    # auto: where class_row misses recognised_max but leaves at most this share recognised, keep class_row
+    # (its smallest path within this bound): all_classes costs retained accuracy, so only a clear miss escalates
+    escalate_above: float = Field(0.05, ge=0, le=1)
     epsilon: float = Field(0.1, gt=0)
     perturbation: Literal["zero", "gaussian", "laplace"] = "zero"
     # auto: class_row, escalated to all_classes when class_row cannot pass the recognition check

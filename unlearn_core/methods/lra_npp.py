@@ -113,10 +113,17 @@ class LraNpp(UnlearnMethod):
             scopes = ("class_row", "all_classes") if p.scope == "auto" else (p.scope,)
             evaluated: dict[str, list[int]] = {}
             for scope in scopes:
-                path, recognised, evaluated[scope] = self._adaptive_path(model, c, ranked, check,
-                                                                         check_features, request.seed, scope)
+                path, recognised, evaluated[scope] = self._adaptive_path(model, c, ranked, check, check_features,
+                                                                         request.seed, scope, p.recognised_max)
                 if recognised <= p.recognised_max:
                     break
+                if p.scope == "auto" and scope == "class_row":  # recognition is not monotone in the size:
+                    looser = self._adaptive_path(model, c, ranked, check, check_features,  # search again
+                                                 request.seed, scope, p.escalate_above)
+                    evaluated[scope] += [size for size in looser[2] if size not in evaluated[scope]]
+                    if looser[1] <= p.escalate_above:
+                        path, recognised = looser[:2]
+                        break
             self._perturb(model, c, path, request.seed, scope)
         return model, {
             "forget_class": c,
@@ -148,10 +155,10 @@ class LraNpp(UnlearnMethod):
         return max(cap, min(p.perturb_top_n, n_ranked))
 
     def _adaptive_path(self, model: nn.Module, c: int, ranked: list[int], check: torch.Tensor,
-                       check_features: torch.Tensor, seed: int,
-                       scope: str) -> tuple[list[int], float, list[int]]:
+                       check_features: torch.Tensor, seed: int, scope: str,
+                       bound: float) -> tuple[list[int], float, list[int]]:
         """The smallest prefix of ``ranked`` (at least ``perturb_top_n``, at most the cap, to
-        ``path_step`` neurons) whose perturbation leaves at most ``recognised_max`` of the check
+        ``path_step`` neurons) whose perturbation leaves at most ``bound`` of the check
         images recognised as c (probability of c >= ``recognised_prob``): double the size from ``perturb_top_n`` until it passes, then bisect
         between the last failing and the first passing size. Each try perturbs, scores the check set
         and restores only the weights it touched; with the head-only scopes the check set's head
@@ -167,13 +174,13 @@ class LraNpp(UnlearnMethod):
             return tried[size]
 
         failing, size = None, min(p.perturb_top_n, cap)
-        while recognised(size) > p.recognised_max and size < cap:
+        while recognised(size) > bound and size < cap:
             failing, size = size, min(2 * size, cap)
-        if recognised(size) <= p.recognised_max and failing is not None:
+        if recognised(size) <= bound and failing is not None:
             passing = size
             while passing - failing > p.path_step:
                 mid = (failing + passing) // 2
-                if recognised(mid) <= p.recognised_max:
+                if recognised(mid) <= bound:
                     passing = mid
                 else:
                     failing = mid
